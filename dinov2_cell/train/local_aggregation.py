@@ -1,0 +1,130 @@
+"""The local-aggregation meta-architecture: upstream `SSLMetaArch` plus one DINO term across sites of a well.
+
+Loss (METHOD.md): L = DINO(f_s(v1_masked), f_t(v1)) + DINO(f_s(v2), f_t(v1)) + l1 iBOT + l2 KoLeo(f_s(v1), f_s(v2)),
+with v2 a view of a random OTHER site of the same well. Upstream computes every term but the v2 ones; this subclass
+adds them in upstream's idiom (`cfg.local_aggregation.loss_weight`, `self.do_local_aggregation`,
+`loss_dict["local_aggregation_loss"]`) without copying upstream's `forward_backward`:
+
+- the teacher's centred/sharpened probabilities of v1 are captured from `self.dino_loss` while upstream runs (no second
+  teacher forward);
+- upstream's backward is deferred (`backprop_loss` stores the loss), the student runs once more on v2 through the same
+  backbone and DINO head, and ONE backward covers all terms (one FSDP gradient reduction per step).
+
+The v2 term is averaged over the two teacher global crops, so it has the scale of one DINO cross-entropy, like
+upstream's (averaged) DINO term; the paper weights the two equally, hence `loss_weight: 1.0`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dinov2.loss import KoLeoLoss
+from dinov2.train.ssl_meta_arch import SSLMetaArch
+
+logger = logging.getLogger("dinov2_cell")
+
+OTHER_SITE_KEY = "collated_other_site_crops"
+
+
+class LocalAggregationMetaArch(SSLMetaArch):
+    """`SSLMetaArch` with the local-aggregation terms; identical to upstream when `loss_weight` is 0.
+
+    Args:
+        cfg: the merged config (upstream default + plugin default + experiment + command line).
+    """
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        la_cfg = cfg.get("local_aggregation", None)
+        self.local_aggregation_loss_weight = float(la_cfg.loss_weight) if la_cfg is not None else 0.0
+        self.local_aggregation_koleo_loss_weight = float(la_cfg.koleo_loss_weight) if la_cfg is not None else 0.0
+        self.do_local_aggregation = self.local_aggregation_loss_weight > 0
+        if self.do_local_aggregation:
+            if not self.do_dino:
+                raise ValueError("local_aggregation.loss_weight > 0 needs the DINO head: set dino.loss_weight > 0")
+            if self.local_aggregation_koleo_loss_weight > 0 and not hasattr(self, "koleo_loss"):
+                self.koleo_loss = KoLeoLoss()
+            logger.info(
+                "OPTIONS -- LOCAL AGGREGATION -- loss_weight: %s, koleo_loss_weight: %s",
+                self.local_aggregation_loss_weight,
+                self.local_aggregation_koleo_loss_weight,
+            )
+        self._defer_backprop = False
+        self._deferred_loss = None
+
+    def backprop_loss(self, loss):
+        if self._defer_backprop:
+            self._deferred_loss = loss
+            return
+        super().backprop_loss(loss)
+
+    def _capture_teacher_probabilities(self):
+        """Wraps the two teacher-normalisation methods of `self.dino_loss` to keep their last output."""
+        captured = {}
+        originals = {}
+        for name in ("softmax_center_teacher", "sinkhorn_knopp_teacher"):
+            method = getattr(self.dino_loss, name)
+            originals[name] = method
+
+            def wrapper(*args, _method=method, **kwargs):
+                out = _method(*args, **kwargs)
+                captured["probs"] = out
+                return out
+
+            setattr(self.dino_loss, name, wrapper)
+
+        def restore():
+            for name in originals:
+                delattr(self.dino_loss, name)  # drop the instance attribute: the class method shows again
+
+        return captured, restore
+
+    def local_aggregation_losses(self, other_site_crops: torch.Tensor, teacher_probs: torch.Tensor):
+        """The v2 terms: DINO(f_s(v2), f_t(v1)) averaged over the two teacher crops, and KoLeo on f_s(v2).
+
+        Args:
+            other_site_crops: (B, C, H, W) views of another site of each sample's well.
+            teacher_probs: (2B, K) teacher probabilities of the two global crops of v1, as upstream computed them.
+
+        Returns:
+            (dino_term, koleo_term or None); koleo_term already carries its weight, like upstream's `koleo_loss`.
+        """
+        out = self.student.backbone(other_site_crops, is_training=True)
+        cls_tokens = out["x_norm_clstoken"]
+        logits = self.student.dino_head(cls_tokens)
+        teacher_views = list(teacher_probs.chunk(2))
+        dino_term = self.dino_loss(student_output_list=[logits], teacher_out_softmaxed_centered_list=teacher_views)
+        dino_term = dino_term / len(teacher_views)
+        koleo_term = None
+        if self.local_aggregation_koleo_loss_weight > 0:
+            koleo_term = self.local_aggregation_koleo_loss_weight * self.koleo_loss(cls_tokens)
+        return dino_term, koleo_term
+
+    def forward_backward(self, images, teacher_temp):
+        if not self.do_local_aggregation:
+            return super().forward_backward(images, teacher_temp)
+        if OTHER_SITE_KEY not in images:
+            raise KeyError(
+                f"local aggregation is on but the batch has no {OTHER_SITE_KEY!r}: the dataset must hand out other "
+                "sites (CPJUMP1 dataset + cell augmentation) or set local_aggregation.loss_weight=0"
+            )
+        captured, restore = self._capture_teacher_probabilities()
+        self._defer_backprop, self._deferred_loss = True, None
+        try:
+            loss_dict = super().forward_backward(images, teacher_temp)
+        finally:
+            self._defer_backprop = False
+            restore()
+        device = next(self.student.parameters()).device
+        other = images[OTHER_SITE_KEY].to(device, non_blocking=True)
+        dino_term, koleo_term = self.local_aggregation_losses(other, captured["probs"])
+        total = self._deferred_loss + self.local_aggregation_loss_weight * dino_term
+        loss_dict["local_aggregation_loss"] = dino_term
+        if koleo_term is not None:
+            total = total + koleo_term
+            loss_dict["local_aggregation_koleo_loss"] = koleo_term
+        self._deferred_loss = None
+        super().backprop_loss(total)
+        return loss_dict

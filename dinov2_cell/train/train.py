@@ -1,0 +1,119 @@
+"""Training main of our own: setup -> meta-arch -> `prepare_for_distributed_training` -> upstream `do_train`.
+
+Upstream's `dinov2.train.train.main` hard-codes `SSLMetaArch(cfg).to("cuda")` and reads only upstream's config; this
+main picks the device (CUDA if present, else CPU with gloo), merges the plugin config, builds the dataset once (to
+check its channels against `student.in_chans` before any model is built), plugs the cell augmentation and the
+other-site collate into upstream's `do_train`, and trains `LocalAggregationMetaArch`. It runs in one process, under
+`torchrun`, or inside a SLURM/submitit task (the environment decides; see `dinov2.distributed.enable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from functools import partial
+
+import torch
+
+import dinov2_cell  # noqa: F401  (patches upstream before dinov2.train is imported)
+import dinov2_cell.models  # noqa: F401  (registers the multi-channel builder)
+
+import dinov2.distributed as distributed
+import dinov2.train.train as upstream_train
+from dinov2.utils.config import apply_scaling_rules_to_cfg, default_setup
+
+from dinov2_cell.patches.train_train import empty_target
+from dinov2_cell.train.config import build_config, check_output_dir, write_config
+from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
+
+logger = logging.getLogger("dinov2")
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """Arguments of the training main (also used by `python -m dinov2_cell.run.train`)."""
+    parser = argparse.ArgumentParser("dinov2_cell training", add_help=add_help)
+    parser.add_argument("--config-file", default="", metavar="FILE", help="experiment yaml (overrides only)")
+    parser.add_argument(
+        "--output-dir",
+        "--output_dir",
+        default="",
+        help="where logs, config.yaml, checkpoints and eval/*/teacher_checkpoint.pth go (default: ./output)",
+    )
+    parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --output-dir")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (each rank adds its rank)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="config overrides, key=value ...")
+    return parser
+
+
+def setup(args):
+    """Builds the config, checks the output dir, enables distributed mode, seeds, logs, writes config.yaml."""
+    args.output_dir = os.path.abspath(args.output_dir or "output")
+    opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
+    cfg = build_config(args.config_file, opts)
+    # Only one process decides (others would race on the files rank 0 is creating).
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        resuming = check_output_dir(cfg, args.output_dir)
+        if resuming and args.no_resume:
+            raise FileExistsError(f"--no-resume with an output dir that already holds this run: {args.output_dir}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    default_setup(args)
+    apply_scaling_rules_to_cfg(cfg)
+    if distributed.is_main_process():
+        write_config(cfg, args.output_dir)
+    logger.info("config:\n%s", cfg)
+    return cfg
+
+
+def build_training_dataset(cfg, transform):
+    """Builds the dataset once and checks its channel count against `student.in_chans`."""
+    from dinov2.data import make_dataset
+
+    dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=transform, target_transform=empty_target)
+    n = getattr(dataset, "num_channels", None)
+    if n is not None and n != cfg.student.in_chans:
+        raise ValueError(
+            f"train.dataset_path gives {n}-channel images ({getattr(dataset, 'channel_names', '?')}) but "
+            f"student.in_chans is {cfg.student.in_chans}; set student.in_chans={n} or pick other channels"
+        )
+    return dataset
+
+
+def _prebuilt_dataset(dataset, *, dataset_str, transform=None, target_transform=None):
+    """Stands in for `make_dataset` inside `do_train`: the dataset is already built, only its transforms are set."""
+    dataset.transform = transform
+    dataset.target_transform = empty_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
+    return dataset
+
+
+def plug_cell_components(cfg, do_local_aggregation: bool):
+    """Makes upstream's `do_train` build the cell augmentation, the other-site collate and our dataset."""
+    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+    from dinov2_cell.augment.collate import collate_cell_data_and_cast
+
+    augmentation = partial(CellDataAugmentation, other_site_view=do_local_aggregation, **cfg.augmentations)
+    dataset = build_training_dataset(cfg, transform=None)
+    upstream_train.DataAugmentationDINO = augmentation
+    upstream_train.collate_data_and_cast = collate_cell_data_and_cast
+    upstream_train.make_dataset = partial(_prebuilt_dataset, dataset)
+    return dataset
+
+
+def main(args) -> str:
+    """Trains and returns the path of the final teacher checkpoint."""
+    cfg = setup(args)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model = LocalAggregationMetaArch(cfg)
+    plug_cell_components(cfg, model.do_local_aggregation)
+    model = model.to(device)
+    model.prepare_for_distributed_training()
+    logger.info("Model:\n%s", model)
+    upstream_train.do_train(cfg, model, resume=not args.no_resume)
+    upstream_train.do_test(cfg, model, "final")
+    path = os.path.join(cfg.train.output_dir, "eval", "final", "teacher_checkpoint.pth")
+    logger.info("final teacher checkpoint: %s", path)
+    return path
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
