@@ -152,6 +152,59 @@ def init_from_rgb_checkpoint(model: nn.Module, path: str) -> None:
     logger.info("initialised from RGB weights %s (missing %d keys, ignored %d)", path, len(missing), len(unexpected))
 
 
+def find_teacher_checkpoint(path: str) -> tuple[str, str]:
+    """Resolves a run directory or a checkpoint file to (teacher_checkpoint.pth, config.yaml).
+
+    A run directory resolves to `eval/final/teacher_checkpoint.pth` if present, else the latest `eval/*/` one; the
+    config is the run's `config.yaml` (two levels above an eval checkpoint).
+
+    Args:
+        path: a training output dir or a `teacher_checkpoint.pth`.
+    """
+    import glob
+    import os
+
+    if os.path.isdir(path):
+        final = os.path.join(path, "eval", "final", "teacher_checkpoint.pth")
+        candidates = [final] if os.path.isfile(final) else glob.glob(os.path.join(path, "eval", "*", "teacher_*.pth"))
+        if not candidates:
+            raise FileNotFoundError(f"{path}: no eval/*/teacher_checkpoint.pth (has this run trained?)")
+        ckpt = max(candidates, key=os.path.getmtime)
+        run_dir = path
+    elif os.path.isfile(path):
+        ckpt = path
+        run_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
+    else:
+        raise FileNotFoundError(f"no such checkpoint or run directory: {path!r}")
+    config = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"{ckpt}: no config.yaml found at {config}")
+    return ckpt, config
+
+
+def load_teacher_backbone(path: str, device: str | torch.device = "cpu"):
+    """Loads the EMA teacher backbone of a training run for inference.
+
+    Args:
+        path: a training output dir or an `eval/<name>/teacher_checkpoint.pth` inside one.
+        device: where to put the model.
+
+    Returns:
+        (backbone in eval mode, its merged config).
+    """
+    from omegaconf import OmegaConf
+
+    ckpt_path, config_path = find_teacher_checkpoint(path)
+    cfg = OmegaConf.load(config_path)
+    backbone, _ = build_model(
+        cfg.student, only_teacher=True, img_size=cfg.crops.global_crops_size, in_chans=int(cfg.student.in_chans)
+    )
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)["teacher"]
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    backbone.load_state_dict(state, strict=True)
+    return backbone.to(device).eval(), cfg
+
+
 def register():
     """Registers the tiny archs and the multi-channel builder into upstream."""
     import dinov2.train.ssl_meta_arch as sma
