@@ -16,6 +16,10 @@ UPSTREAM_VERSION = "0.0.1.dev2"
 _applied = False
 
 
+def _drop_xformers_warning(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "xFormers not available"
+
+
 def check_upstream_version():
     """Raises a clear error unless the installed upstream is the release these patches were written for."""
     try:
@@ -38,6 +42,8 @@ def apply():
     if _applied:
         return
     check_upstream_version()
+    # Upstream warns "xFormers not available" at import; the patches install the PyTorch fallback, so say that once.
+    logging.getLogger("dinov2").addFilter(_drop_xformers_warning)
     from . import (
         data_loaders,
         distributed,

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 PLUGIN_DEFAULT_CONFIG = "cell_default_config.yaml"
+# Entries of an output dir that do not make it "used": submitit's logs are written before the job starts.
+IGNORED_ENTRIES = ("submitit",)
 # Values derived at run time (never compared when deciding whether an output dir holds the same run).
 DERIVED_KEYS = ("optim.lr", "train.output_dir")
 
@@ -89,7 +91,7 @@ def check_output_dir(cfg: DictConfig, output_dir: str) -> bool:
     Raises:
         FileExistsError: naming the directory and the config keys that differ.
     """
-    if not os.path.isdir(output_dir) or not os.listdir(output_dir):
+    if not os.path.isdir(output_dir) or not [e for e in os.listdir(output_dir) if e not in IGNORED_ENTRIES]:
         return False
     saved_path = os.path.join(output_dir, "config.yaml")
     if not os.path.isfile(saved_path):
