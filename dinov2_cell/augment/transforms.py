@@ -234,8 +234,8 @@ class _PoissonTable:
     - Poisson(r): an arrival happens with probability 1 - exp(-r) <= 1 - exp(-STEP), so candidates are drawn sparsely
       (geometric gaps at that bound), accepted with probability (1 - exp(-r)) / bound, and accepted ones get their
       count from Poisson(r) conditioned on >= 1, by inverse CDF.
-    Exact up to the float32 resolution (2**-24) of the uniform draws; the tail mass beyond that is folded into the
-    largest count the table holds. Dense work runs in cache-sized chunks: large temporaries cost more in page faults
+    Exact up to the float32 resolution (~6e-8) of the uniform draws and of the stored CDF: tail probabilities below
+    that are not resolved (torch.poisson has the same limit in float32). Dense work runs in cache-sized chunks: large temporaries cost more in page faults
     than in arithmetic on CPU.
     """
 
