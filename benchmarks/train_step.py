@@ -37,7 +37,7 @@ def main(argv=None):
     p.add_argument("opts", nargs="*", help="config overrides key=value")
     args = p.parse_args(argv)
     os.environ.setdefault("CPJUMP1_ROOT", "unused")
-    from conftest import make_batch
+    from helpers import make_batch
 
     if not distributed.is_enabled():
         distributed.enable(overwrite=True)

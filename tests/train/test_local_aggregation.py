@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import NearestNeighbors
 
-from conftest import make_batch, tiny_cfg
+from helpers import make_batch, tiny_cfg
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch

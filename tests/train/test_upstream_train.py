@@ -8,7 +8,7 @@ import subprocess
 
 import torch
 
-from conftest import PYTHON, REPO, make_batch, tiny_cfg
+from helpers import PYTHON, REPO, make_batch, tiny_cfg
 
 
 def test_upstream_meta_arch_one_process():
@@ -67,7 +67,7 @@ import dinov2.distributed as distributed
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.train.train import do_train
 from dinov2.logging import setup_logging
-from conftest import tiny_cfg
+from helpers import tiny_cfg
 distributed.enable(overwrite=True)
 setup_logging()
 epochs = int(sys.argv[1])

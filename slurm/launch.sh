@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# SLURM array jobs for the dinov2_cell workflow. Nothing site-specific is baked in: partition, account, paths and
+# the Python environment come from options or the environment.
+set -euo pipefail
+
+usage() {
+  cat <<'TXT'
+Usage: slurm/launch.sh COMMAND [options]
+
+Commands:
+  train   the fluorescent and the brightfield model as one 2-task array (task 0 = fluo, task 1 = bf);
+          each task runs `python -m dinov2_cell.run.train` under srun on --nodes x --gpus GPUs, requeued on
+          preemption and resumed from its last checkpoint.
+  embed   per-plate embedding extraction as an array (one task per chunk of --plates-per-task plates), then a
+          merge job that depends on the whole array (afterok) and writes the merged profiles + submission CSV.
+
+Common options:
+  --partition P        SLURM partition (default: $SLURM_PARTITION or SLURM's default)
+  --account A          SLURM account (default: $SLURM_ACCOUNT)
+  --time T             time limit per task, SLURM syntax (default 48:00:00 for train, 2:00:00 for embed)
+  --python PY          python of the environment that has dinov2_cell (default: python)
+  --logs DIR           where SLURM writes stdout/stderr (default: slurm_logs)
+  --dry-run            print the sbatch commands and job scripts instead of submitting
+  -h, --help           this help
+
+train options:
+  --output-root DIR    runs go to DIR/fluo and DIR/bf (required)
+  --fluo-config F      default configs/cpjump1_vits14_fluo.yaml
+  --bf-config F        default configs/cpjump1_vits14_bf.yaml
+  --nodes N            nodes per task (default 1)
+  --gpus G             GPUs per node (default 4)
+  --cpus-per-gpu C     default 10
+  extra `key=value` arguments after `--` are passed to both trainings as config overrides
+
+embed options:
+  --fluo RUN           fluorescent training output dir (or teacher checkpoint)
+  --bf RUN             brightfield training output dir (or teacher checkpoint)
+  --data-root DIR      plates (LoadData CSVs / Phenix folders / prepared store) (required)
+  --out DIR            profiles output dir (required)
+  --plates "A B ..."   plate barcodes (default: the 24 compound plates of 2020_11_04_CPJUMP1)
+  --plates-per-task K  default 1
+  extra arguments after `--` are passed to `python -m dinov2_cell.embed`
+
+Examples:
+  CPJUMP1_ROOT=/data/cpg0000/source_4 slurm/launch.sh train --output-root runs/paper --partition gpu --dry-run
+  slurm/launch.sh embed --fluo runs/paper/fluo --bf runs/paper/bf --data-root /data/cpg0000/source_4 --out profiles
+TXT
+}
+
+[ $# -ge 1 ] || { usage >&2; exit 2; }
+cmd=$1; shift
+case "$cmd" in -h|--help) usage; exit 0;; train|embed) ;; *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;; esac
+
+partition=${SLURM_PARTITION:-}; account=${SLURM_ACCOUNT:-}; time_limit=""; python=python; logs=slurm_logs; dry=0
+output_root=""; fluo_config=configs/cpjump1_vits14_fluo.yaml; bf_config=configs/cpjump1_vits14_bf.yaml
+nodes=1; gpus=4; cpus=10; fluo=""; bf=""; data_root=""; out=""; plates=""; per_task=1; extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --partition) partition=$2; shift 2;;
+    --account) account=$2; shift 2;;
+    --time) time_limit=$2; shift 2;;
+    --python) python=$2; shift 2;;
+    --logs) logs=$2; shift 2;;
+    --dry-run) dry=1; shift;;
+    --output-root) output_root=$2; shift 2;;
+    --fluo-config) fluo_config=$2; shift 2;;
+    --bf-config) bf_config=$2; shift 2;;
+    --nodes) nodes=$2; shift 2;;
+    --gpus) gpus=$2; shift 2;;
+    --cpus-per-gpu) cpus=$2; shift 2;;
+    --fluo) fluo=$2; shift 2;;
+    --bf) bf=$2; shift 2;;
+    --data-root) data_root=$2; shift 2;;
+    --out) out=$2; shift 2;;
+    --plates) plates=$2; shift 2;;
+    --plates-per-task) per_task=$2; shift 2;;
+    -h|--help) usage; exit 0;;
+    --) shift; extra=("$@"); break;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2;;
+  esac
+done
+
+common=(--parsable --output="$logs/%x_%A_%a.out" --error="$logs/%x_%A_%a.err")
+[ -n "$partition" ] && common+=(--partition="$partition")
+[ -n "$account" ] && common+=(--account="$account")
+
+# submit SCRIPT ARGS...: prints the job id (or, with --dry-run, the command and the script, and a fake id)
+submit() {
+  local script=$1; shift
+  if [ "$dry" = 1 ]; then
+    echo "sbatch $* <<'SBATCH'" >&2
+    echo "$script" >&2
+    echo "SBATCH" >&2
+    echo "DRYRUN_$RANDOM"
+  else
+    mkdir -p "$logs"
+    echo "$script" | sbatch "$@"
+  fi
+}
+quote() { local out=() a; for a in "$@"; do out+=("$(printf '%q' "$a")"); done; echo "${out[*]}"; }
+
+if [ "$cmd" = train ]; then
+  [ -n "$output_root" ] || { echo "train: --output-root is required" >&2; exit 2; }
+  script="#!/usr/bin/env bash
+set -euo pipefail
+configs=($(quote "$fluo_config" "$bf_config"))
+names=(fluo bf)
+i=\$SLURM_ARRAY_TASK_ID
+# 120 s before the time limit SLURM signals this shell (B:USR1): requeue; the new run resumes from the checkpoint.
+trap 'echo \"requeuing before the time limit\"; scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"' USR1
+srun --kill-on-bad-exit=1 $(quote "$python") -m dinov2_cell.run.train --config-file \"\${configs[\$i]}\" \\
+  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) &
+wait \$!"
+  jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_train --array=0-1 --nodes="$nodes" \
+    --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --cpus-per-task="$cpus" --time="${time_limit:-48:00:00}" \
+    --requeue --signal=B:USR1@120)
+  echo "train array job: $jid (task 0 = fluo -> $output_root/fluo, task 1 = bf -> $output_root/bf)"
+  exit 0
+fi
+
+# embed
+[ -n "$data_root" ] && [ -n "$out" ] || { echo "embed: --data-root and --out are required" >&2; exit 2; }
+[ -n "$fluo$bf" ] || { echo "embed: give --fluo and/or --bf" >&2; exit 2; }
+if [ -z "$plates" ]; then
+  plates=$("$python" -c "from dinov2_cell.data.metadata import compound_plates; print(' '.join(compound_plates()))")
+fi
+read -r -a plate_arr <<< "$plates"
+n=${#plate_arr[@]}; tasks=$(( (n + per_task - 1) / per_task ))
+ckpts=()
+[ -n "$fluo" ] && ckpts+=(--fluo "$fluo")
+[ -n "$bf" ] && ckpts+=(--bf "$bf")
+script="#!/usr/bin/env bash
+set -euo pipefail
+plates=($(quote "${plate_arr[@]}"))
+k=$per_task; i=\$SLURM_ARRAY_TASK_ID
+$(quote "$python") -m dinov2_cell.embed $(quote "${ckpts[@]}") --data-root $(quote "$data_root") --out $(quote "$out") \\
+  --plates \"\${plates[@]:\$((i * k)):\$k}\" --no-merge $(quote ${extra[@]+"${extra[@]}"})"
+jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_embed --array=0-$((tasks - 1)) --nodes=1 \
+  --ntasks-per-node=1 --gpus-per-node=1 --cpus-per-task="$cpus" --time="${time_limit:-2:00:00}")
+merge="#!/usr/bin/env bash
+set -euo pipefail
+$(quote "$python") -m dinov2_cell.embed $(quote "${ckpts[@]}") --data-root $(quote "$data_root") --out $(quote "$out") \\
+  --merge-only $(quote ${extra[@]+"${extra[@]}"})"
+mid=$(submit "$merge" "${common[@]}" --job-name=dinov2_cell_merge --dependency=afterok:"$jid" --nodes=1 \
+  --ntasks-per-node=1 --cpus-per-task=4 --time=1:00:00)
+echo "embed array job: $jid ($tasks tasks over $n plates); merge job: $mid (after the array succeeds)"
