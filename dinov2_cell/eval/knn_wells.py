@@ -1,0 +1,468 @@
+"""Challenge-style kNN compound classification on well profiles: ``python -m dinov2_cell.eval.knn_wells``.
+
+The CVDD Cell Line Transferability protocol (DESIGN.md, "Evaluation protocol"), with the choices it leaves open made
+explicit (every one is an option):
+
+* **Wells.** Compound plates, DMSO wells omitted (:func:`dinov2_cell.profiles.io.is_control`); the label is the
+  compound (``Metadata_broad_sample``). Input: any table with the Metadata columns (ours, or CellProfiler profiles);
+  features are all non-``Metadata_`` numeric columns.
+* **Folds** are groups of plates, made per cell line: its plates sorted by barcode and dealt round-robin into
+  ``n_folds`` (default 5) groups (fold ``i`` = plates ``i, i+5, i+10, ...``). CPJUMP1 barcodes run in blocks of one
+  condition (time point, density), so dealing spreads every condition over the folds. A cell line with fewer than
+  ``n_folds`` plates gets leave-one-plate-out folds. ``seed`` shuffles the plates before dealing.
+* **Combinations** source -> target, default U2OS->U2OS, U2OS->A549, A549->U2OS, A549->A549 (those whose cell lines
+  are present). For target fold ``f``: the test set is the target cell line's fold ``f``; the training set is the
+  source cell line's plates *outside* its fold ``f mod n_source_folds``. Within a cell line that is ordinary
+  plate-wise cross-validation; across cell lines it trains on the same share of source plates and the test plates
+  (another cell line) are trivially unseen. Test plates are never in training (asserted).
+* **Classifier.** scikit-learn ``KNeighborsClassifier(algorithm="brute")`` with ``k=1`` (default), cosine distance
+  (default) and ``uniform`` weights (default; ``distance`` available). Why k=1: a compound has one or two wells per
+  plate, so a training set holds only ~4-13 replicate wells of a compound; a single nearest replicate is the
+  quantity the challenge rewards (retrieve a replicate from another plate), and larger k mostly adds votes from
+  other compounds. Test wells whose compound is absent from training count as errors.
+* **Scores** per fold: accuracy (headline) and macro-F1 over the compounds present in the test fold
+  (``f1_score(average="macro", labels=test compounds)``). A combination's score is the mean over its folds (std also
+  given); the overall score is the mean over the combinations.
+* **Normalisation** (optional, default none): per-plate DMSO standardisation / robustisation / sphering
+  (:mod:`dinov2_cell.eval.normalize`), fitted on DMSO wells only, before splitting.
+
+Outputs: a table on stdout (percentages); with ``--out DIR``: ``knn_folds.csv`` (every fold of every combination),
+``knn_summary.csv`` (combinations + mean), ``knn.json`` (everything, config included) and, with ``--map``, mAP tables
+(:mod:`dinov2_cell.eval.map`). Existing files are never replaced without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from dinov2_cell.eval.normalize import METHODS, normalize_profiles
+from dinov2_cell.profiles.io import (
+    BROAD,
+    CELL_LINE,
+    PLATE,
+    check_profiles,
+    is_control,
+    read_profiles,
+    write_json,
+    write_table,
+)
+
+logger = logging.getLogger("dinov2_cell.eval")
+
+CELL_LINES = ("U2OS", "A549")
+DEFAULT_COMBINATIONS = tuple((s, t) for s in CELL_LINES for t in CELL_LINES)
+WEIGHTS = ("uniform", "distance")
+
+
+def combination_name(source: str, target: str) -> str:
+    """``"U2OS->A549"``.
+
+    Args:
+        source: training cell line.
+        target: test cell line.
+
+    Returns:
+        The name.
+    """
+    return f"{source}->{target}"
+
+
+def plate_cell_lines(df: pd.DataFrame, cell_line_col: str = CELL_LINE) -> dict[str, str]:
+    """Plate -> cell line, from the profile table.
+
+    Args:
+        df: profile table.
+        cell_line_col: cell line column.
+
+    Returns:
+        Dict barcode -> cell line.
+
+    Raises:
+        ValueError: a plate with several (or empty) cell lines, named.
+    """
+    lines = df.groupby(df[PLATE].astype(str))[cell_line_col].agg(lambda s: sorted(set(map(str, s))))
+    out = {}
+    for plate, values in lines.items():
+        if len(values) != 1 or values[0] in ("", "nan"):
+            raise ValueError(f"plate {plate}: {cell_line_col} must be one non-empty value, got {values}")
+        out[plate] = values[0]
+    return out
+
+
+def make_folds(plates: Sequence[str], n_folds: int = 5, seed: int | None = None) -> list[list[str]]:
+    """Plate groups of one cell line (see module docstring).
+
+    Args:
+        plates: barcodes.
+        n_folds: wanted folds; fewer plates than that gives leave-one-plate-out.
+        seed: optional shuffle of the plates before dealing (default: sorted order).
+
+    Returns:
+        List of folds, each a sorted list of barcodes; together they partition ``plates``.
+    """
+    plates = sorted(set(map(str, plates)))
+    if not plates:
+        return []
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        plates = [plates[i] for i in rng.permutation(len(plates))]
+    if len(plates) < n_folds:
+        return [[p] for p in sorted(plates)]
+    return [sorted(plates[i::n_folds]) for i in range(n_folds)]
+
+
+def splits(
+    folds: dict[str, list[list[str]]], combinations: Sequence[tuple[str, str]]
+) -> list[tuple[str, str, int, list[str], list[str]]]:
+    """Every (source, target, fold, train plates, test plates) of the protocol.
+
+    Args:
+        folds: cell line -> its folds (:func:`make_folds`).
+        combinations: (source, target) pairs.
+
+    Returns:
+        List of splits.
+    """
+    out = []
+    for source, target in combinations:
+        src_folds, tgt_folds = folds[source], folds[target]
+        for f, test in enumerate(tgt_folds):
+            held = src_folds[f % len(src_folds)]
+            train = sorted(p for fold in src_folds for p in fold if p not in held)
+            if set(train) & set(test):
+                raise AssertionError(f"{source}->{target} fold {f}: test plates in training")
+            out.append((source, target, f, train, list(test)))
+    return out
+
+
+def knn_predict(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, k: int = 1, metric: str = "cosine", weights="uniform"
+) -> np.ndarray:
+    """Predict test labels with scikit-learn's brute-force kNN.
+
+    Args:
+        x_train: (n, D) training features.
+        y_train: (n,) labels.
+        x_test: (m, D) test features.
+        k: neighbours (capped at n).
+        metric: any scikit-learn brute-force metric (``cosine``, ``euclidean``, ``correlation``, ...).
+        weights: ``uniform`` or ``distance``.
+
+    Returns:
+        (m,) predicted labels.
+    """
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(x_train)), metric=metric, weights=weights, algorithm="brute")
+    clf.fit(x_train, y_train)
+    return clf.predict(x_test)
+
+
+def evaluate(
+    profiles: pd.DataFrame | str,
+    k: int = 1,
+    metric: str = "cosine",
+    weights: str = "uniform",
+    n_folds: int = 5,
+    normalize: str = "none",
+    label_col: str = BROAD,
+    cell_line_col: str = CELL_LINE,
+    combinations: Sequence[tuple[str, str]] | None = None,
+    plates: Sequence[str] | None = None,
+    seed: int | None = None,
+    feature_cols: Sequence[str] | None = None,
+) -> dict:
+    """Run the challenge kNN protocol (see module docstring).
+
+    Args:
+        profiles: profile table or path (Parquet/CSV).
+        k: neighbours.
+        metric: distance (scikit-learn name), default cosine.
+        weights: ``uniform`` or ``distance``.
+        n_folds: plate folds per cell line.
+        normalize: ``none``, ``standardize``, ``robustize`` or ``spherize`` (per plate, against DMSO).
+        label_col: class label column (compound).
+        cell_line_col: cell line column.
+        combinations: (source, target) pairs; default the four U2OS/A549 pairs whose cell lines are present.
+        plates: restrict to these plates (default: all in the table).
+        seed: shuffle plates before making folds (default: deterministic sorted dealing).
+        feature_cols: features (default: all non-Metadata numeric columns).
+
+    Returns:
+        Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
+        ``combinations`` (name -> mean/std over folds), ``mean`` (over combinations) and ``skipped``.
+
+    Raises:
+        ValueError: bad option, missing column, NaN features, no combination to evaluate, or a plate without DMSO
+            when normalising (all named).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if normalize not in METHODS:
+        raise ValueError(f"normalize must be one of {METHODS}, got {normalize!r}")
+    source = profiles if isinstance(profiles, str) else "profiles"
+    df = read_profiles(profiles)
+    feats = check_profiles(df, required=(PLATE, label_col, cell_line_col), source=source)
+    feats = list(feature_cols) if feature_cols is not None else feats
+    if plates is not None:
+        df = df[df[PLATE].astype(str).isin(set(map(str, plates)))].reset_index(drop=True)
+        if df.empty:
+            raise ValueError(f"{source}: none of the requested plates is in the table")
+    df = normalize_profiles(df, normalize, feats)
+    keep = ~is_control(df)
+    df = df[keep].reset_index(drop=True)
+    if df.empty:
+        raise ValueError(f"{source}: no non-DMSO well left")
+    line_of = plate_cell_lines(df, cell_line_col)
+    by_line: dict[str, list[str]] = {}
+    for plate, line in line_of.items():
+        by_line.setdefault(line, []).append(plate)
+    wanted = list(combinations) if combinations is not None else list(DEFAULT_COMBINATIONS)
+    todo, skipped = [], []
+    for s, t in wanted:
+        if s in by_line and t in by_line and (s != t or len(by_line[s]) >= 2):
+            todo.append((s, t))
+        else:
+            skipped.append(combination_name(s, t))
+    if skipped:
+        logger.warning(
+            "skipped combinations %s (cell lines present: %s)", skipped, {k: len(v) for k, v in by_line.items()}
+        )
+    if not todo:
+        raise ValueError(
+            f"{source}: no train->test combination can be evaluated; cell lines present: "
+            f"{ {k: len(v) for k, v in by_line.items()} } (a within-line combination needs 2+ plates)"
+        )
+    folds = {line: make_folds(p, n_folds, seed) for line, p in by_line.items()}
+    x = df[feats].to_numpy(dtype=np.float64)
+    y = df[label_col].astype(str).to_numpy()
+    plate_arr = df[PLATE].astype(str).to_numpy()
+    rows = []
+    for s, t, f, train, test in splits(folds, todo):
+        tr = np.isin(plate_arr, train)
+        te = np.isin(plate_arr, test)
+        pred = knn_predict(x[tr], y[tr], x[te], k=k, metric=metric, weights=weights)
+        truth = y[te]
+        rows.append(
+            {
+                "combination": combination_name(s, t),
+                "source": s,
+                "target": t,
+                "fold": f,
+                "train_plates": train,
+                "test_plates": test,
+                "n_train": int(tr.sum()),
+                "n_test": int(te.sum()),
+                "n_test_unseen_label": int((~np.isin(truth, y[tr])).sum()),
+                "accuracy": float(np.mean(pred == truth)),
+                "macro_f1": float(f1_score(truth, pred, labels=np.unique(truth), average="macro", zero_division=0)),
+            }
+        )
+    table = pd.DataFrame(rows)
+    combos = {}
+    for name, g in table.groupby("combination", sort=False):
+        combos[name] = {
+            "accuracy": float(g["accuracy"].mean()),
+            "accuracy_std": float(g["accuracy"].std(ddof=0)),
+            "macro_f1": float(g["macro_f1"].mean()),
+            "macro_f1_std": float(g["macro_f1"].std(ddof=0)),
+            "n_folds": int(len(g)),
+            "n_test": int(g["n_test"].sum()),
+        }
+    mean = {
+        "accuracy": float(np.mean([c["accuracy"] for c in combos.values()])),
+        "macro_f1": float(np.mean([c["macro_f1"] for c in combos.values()])),
+        "n_combinations": len(combos),
+    }
+    config = {
+        "k": k,
+        "metric": metric,
+        "weights": weights,
+        "n_folds": n_folds,
+        "normalize": normalize,
+        "label_col": label_col,
+        "cell_line_col": cell_line_col,
+        "seed": seed,
+        "n_features": len(feats),
+        "n_wells": int(len(df)),
+        "plates": {line: sorted(p) for line, p in by_line.items()},
+        "folds": folds,
+    }
+    return {"config": config, "folds": rows, "combinations": combos, "mean": mean, "skipped": skipped}
+
+
+def format_table(result: dict, map_result: dict | None = None) -> str:
+    """Readable summary of :func:`evaluate` (and optionally :func:`dinov2_cell.eval.map.map_scores`).
+
+    Args:
+        result: output of :func:`evaluate`.
+        map_result: output of ``map_scores`` or ``None``.
+
+    Returns:
+        Multi-line text.
+    """
+    cfg = result["config"]
+    lines = [
+        f"kNN compound classification (k={cfg['k']}, {cfg['metric']}, {cfg['weights']}, {cfg['n_folds']}-fold "
+        f"plate-wise CV, normalize={cfg['normalize']}, {cfg['n_wells']} non-DMSO wells, {cfg['n_features']} features)",
+        f"{'combination':<14}{'folds':>6}{'accuracy %':>14}{'macro-F1 %':>14}",
+    ]
+    for name, c in result["combinations"].items():
+        lines.append(
+            f"{name:<14}{c['n_folds']:>6}{100 * c['accuracy']:>8.1f} ±{100 * c['accuracy_std']:>4.1f}"
+            f"{100 * c['macro_f1']:>8.1f} ±{100 * c['macro_f1_std']:>4.1f}"
+        )
+    m = result["mean"]
+    lines.append(f"{'mean':<14}{'':>6}{100 * m['accuracy']:>8.1f}{'':>6}{100 * m['macro_f1']:>8.1f}")
+    if result.get("skipped"):
+        lines.append(f"skipped (cell line absent): {', '.join(result['skipped'])}")
+    if map_result is not None:
+        from dinov2_cell.eval.map import format_map
+
+        lines.append("")
+        lines.append(format_map(map_result))
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out_dir: str, map_result: dict | None = None, overwrite: bool = False) -> list[str]:
+    """Write the CSV/JSON outputs (refusing to replace files unless ``overwrite``).
+
+    Args:
+        result: output of :func:`evaluate`.
+        out_dir: folder (created).
+        map_result: output of ``map_scores`` or ``None``.
+        overwrite: replace existing files.
+
+    Returns:
+        Paths written.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    names = ["knn_folds.csv", "knn_summary.csv", "knn.json"]
+    if map_result is not None:
+        names += ["map_activity.csv", "map_consistency.csv", "map.json"]
+    paths = [os.path.join(out_dir, n) for n in names]
+    if not overwrite:
+        existing = [p for p in paths if os.path.exists(p)]
+        if existing:
+            raise FileExistsError(f"{existing} exist; refusing to overwrite (pass --overwrite)")
+    folds = pd.DataFrame(result["folds"])
+    folds["train_plates"] = folds["train_plates"].map(";".join)
+    folds["test_plates"] = folds["test_plates"].map(";".join)
+    write_table(folds, paths[0], overwrite=overwrite)
+    summary = pd.DataFrame(
+        [{"combination": n, **c} for n, c in result["combinations"].items()]
+        + [{"combination": "mean", **result["mean"]}]
+    )
+    write_table(summary, paths[1], overwrite=overwrite)
+    write_json(result, paths[2], overwrite=overwrite)
+    if map_result is not None:
+        from dinov2_cell.eval.map import map_summary
+
+        write_table(map_result["activity"]["table"], paths[3], overwrite=overwrite)
+        write_table(map_result["consistency"]["table"], paths[4], overwrite=overwrite)
+        write_json(map_summary(map_result), paths[5], overwrite=overwrite)
+    return paths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of ``python -m dinov2_cell.eval.knn_wells``."""
+    p = argparse.ArgumentParser(
+        prog="python -m dinov2_cell.eval.knn_wells",
+        description="Challenge kNN compound classification (plate-wise CV, U2OS/A549 train->test combinations) and "
+        "optional copairs mAP on well profiles (Parquet/CSV with Metadata_* columns + numeric features).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("profiles", help="profiles file (.parquet, .csv, .csv.gz)")
+    p.add_argument("--k", type=int, default=1, help="neighbours")
+    p.add_argument("--metric", default="cosine", help="scikit-learn distance (cosine, euclidean, correlation, ...)")
+    p.add_argument("--weights", choices=WEIGHTS, default="uniform")
+    p.add_argument("--folds", type=int, default=5, help="plate folds per cell line (fewer plates: leave-one-plate-out)")
+    p.add_argument("--normalize", choices=METHODS, default="none", help="per-plate normalisation against DMSO wells")
+    p.add_argument("--label-col", default=BROAD, help="class label column")
+    p.add_argument("--cell-line-col", default=CELL_LINE)
+    p.add_argument("--plates", default=None, help="comma-separated plates to use (default: all)")
+    p.add_argument("--seed", type=int, default=None, help="shuffle plates before making folds")
+    p.add_argument("--map", action="store_true", help="also compute copairs mAP (activity and consistency)")
+    p.add_argument("--null-size", type=int, default=10000, help="mAP null distribution size")
+    p.add_argument("--map-cache-dir", default=None, help="copairs null-distribution cache (default ~/.copairs)")
+    p.add_argument("--out", default=None, help="folder for knn_folds.csv, knn_summary.csv, knn.json (+ map files)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    return p
+
+
+def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
+    """Do the CLI's work from parsed arguments (prints the table, writes ``--out``).
+
+    Args:
+        args: output of :func:`build_parser`.
+
+    Returns:
+        (kNN result, mAP result or None).
+    """
+    plates = [p.strip() for p in args.plates.split(",") if p.strip()] if args.plates else None
+    if args.out and not args.overwrite:
+        # Fail before the (possibly long) computation rather than after it.
+        for n in ("knn_folds.csv", "knn_summary.csv", "knn.json"):
+            if os.path.exists(os.path.join(args.out, n)):
+                raise FileExistsError(f"{os.path.join(args.out, n)} exists; refusing to overwrite (pass --overwrite)")
+    profiles = read_profiles(args.profiles)
+    result = evaluate(
+        profiles,
+        k=args.k,
+        metric=args.metric,
+        weights=args.weights,
+        n_folds=args.folds,
+        normalize=args.normalize,
+        label_col=args.label_col,
+        cell_line_col=args.cell_line_col,
+        plates=plates,
+        seed=args.seed,
+    )
+    result["config"]["profiles"] = os.path.abspath(args.profiles)
+    map_result = None
+    if args.map:
+        from dinov2_cell.eval.map import map_scores
+
+        if plates is not None:
+            profiles = profiles[profiles[PLATE].astype(str).isin(plates)]
+        map_result = map_scores(
+            profiles,
+            normalize=args.normalize,
+            null_size=args.null_size,
+            label_col=args.label_col,
+            split_by=(args.cell_line_col,),
+            cache_dir=args.map_cache_dir,
+        )
+    print(format_table(result, map_result))
+    if args.out:
+        for path in write_outputs(result, args.out, map_result, overwrite=args.overwrite):
+            logger.info("wrote %s", path)
+    return result, map_result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Exit status.
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The profile table format, its validation, atomic writes and the challenge submission CSV.
+
+A *profile table* has one row per well: ``Metadata_*`` columns (strings) and numeric feature columns. Every numeric
+column whose name does not start with ``Metadata_`` is a feature, which is the convention pycytominer and copairs
+use, so CellProfiler profiles from the Cell Painting Gallery are read the same way as ours.
+
+Columns our profiles always carry (:data:`PROFILE_METADATA`): Metadata_Plate, Metadata_Well, Metadata_broad_sample,
+Metadata_pert_iname, Metadata_target, Metadata_cell_line. DMSO wells have ``Metadata_pert_iname == "DMSO"`` and an
+empty ``Metadata_broad_sample`` (CPJUMP1 plate map convention); :func:`is_control` recognises both and also
+``Metadata_broad_sample == "DMSO"`` as some published profiles spell it.
+
+Writes go to a temporary file in the destination folder and are renamed into place (``os.replace``), so a crash
+never leaves a half-written file under the final name; an existing file is never replaced unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+META_PREFIX = "Metadata_"
+PLATE, WELL, SITE = "Metadata_Plate", "Metadata_Well", "Metadata_Site"
+BROAD, PERT, TARGET, CELL_LINE = "Metadata_broad_sample", "Metadata_pert_iname", "Metadata_target", "Metadata_cell_line"
+PROFILE_METADATA = (PLATE, WELL, BROAD, PERT, TARGET, CELL_LINE)
+CONTROL_NAME = "DMSO"
+
+
+def metadata_columns(df: pd.DataFrame) -> list[str]:
+    """Columns whose name starts with ``Metadata_``, in table order.
+
+    Args:
+        df: a profile table.
+
+    Returns:
+        The metadata column names.
+    """
+    return [c for c in df.columns if str(c).startswith(META_PREFIX)]
+
+
+def feature_columns(df: pd.DataFrame) -> list[str]:
+    """Feature columns: every numeric (non-boolean) column that is not a ``Metadata_`` column, in table order.
+
+    Args:
+        df: a profile table.
+
+    Returns:
+        The feature column names.
+    """
+    out = []
+    for c in df.columns:
+        if str(c).startswith(META_PREFIX):
+            continue
+        dtype = df[c].dtype
+        if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            out.append(c)
+    return out
+
+
+def check_profiles(
+    df: pd.DataFrame,
+    required: Iterable[str] = (PLATE, WELL),
+    source: str = "profiles",
+    unique_wells: bool = True,
+) -> list[str]:
+    """Validate a profile table and return its feature columns.
+
+    Args:
+        df: the table.
+        required: metadata columns that must be present.
+        source: what to call the table in error messages (e.g. its file name).
+        unique_wells: require one row per (Metadata_Plate, Metadata_Well).
+
+    Returns:
+        The feature column names.
+
+    Raises:
+        ValueError: a required column is missing, there is no feature column, a feature holds NaN/inf (the message
+            names the column and the first bad plate/well), or a (plate, well) appears twice.
+    """
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source}: missing metadata column(s) {missing}; present: {metadata_columns(df)}")
+    feats = feature_columns(df)
+    if not feats:
+        non_numeric = [c for c in df.columns if not str(c).startswith(META_PREFIX)]
+        raise ValueError(
+            f"{source}: no numeric feature column (non-Metadata_ numeric columns); non-numeric others: {non_numeric[:5]}"
+        )
+    values = df[feats].to_numpy(dtype=np.float64, copy=False)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        col = feats[cols[0]]
+        where = _row_label(df, rows[0])
+        n_cols = len(np.unique(cols))
+        raise ValueError(
+            f"{source}: feature column {col!r} has NaN/inf (first at {where}); {bad.sum()} bad values in {n_cols} "
+            "column(s)"
+        )
+    if unique_wells and PLATE in df.columns and WELL in df.columns:
+        dup = df.duplicated([PLATE, WELL], keep=False)
+        if dup.any():
+            first = df.loc[dup, [PLATE, WELL]].iloc[0]
+            raise ValueError(
+                f"{source}: {int(dup.sum())} rows share a (Metadata_Plate, Metadata_Well), e.g. "
+                f"{first[PLATE]} {first[WELL]}; profiles must have one row per well"
+            )
+    return feats
+
+
+def _row_label(df: pd.DataFrame, i: int) -> str:
+    parts = [f"{c}={df[c].iloc[i]}" for c in (PLATE, WELL) if c in df.columns]
+    return ", ".join(parts) if parts else f"row {i}"
+
+
+def is_control(df: pd.DataFrame) -> np.ndarray:
+    """Boolean mask of DMSO (negative control) wells.
+
+    A well is a control if ``Metadata_pert_iname`` is "DMSO" (case-insensitive) or ``Metadata_broad_sample`` is
+    empty, missing or "DMSO".
+
+    Args:
+        df: a profile table with at least one of Metadata_pert_iname / Metadata_broad_sample.
+
+    Returns:
+        Boolean numpy array, one entry per row.
+
+    Raises:
+        ValueError: neither column is present.
+    """
+    if PERT not in df.columns and BROAD not in df.columns:
+        raise ValueError(f"cannot tell DMSO wells: need column {PERT} or {BROAD}")
+    mask = np.zeros(len(df), dtype=bool)
+    if PERT in df.columns:
+        mask |= df[PERT].astype("string").str.upper().eq(CONTROL_NAME).fillna(False).to_numpy(dtype=bool)
+    if BROAD in df.columns:
+        b = df[BROAD].astype("string")
+        mask |= (b.isna() | b.str.strip().eq("") | b.str.upper().eq(CONTROL_NAME)).fillna(True).to_numpy(dtype=bool)
+    return mask
+
+
+def read_profiles(profiles: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
+    """Load a profile table from a DataFrame (copied), Parquet, CSV or TSV (optionally gzipped).
+
+    Metadata columns are read as strings with missing values turned into "" (an empty broad_sample means DMSO);
+    feature columns keep their numeric type, so NaN in them is still caught by :func:`check_profiles`.
+
+    Args:
+        profiles: a DataFrame or a path.
+
+    Returns:
+        A new DataFrame.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: unknown file extension.
+    """
+    if isinstance(profiles, pd.DataFrame):
+        df = profiles.copy()
+    else:
+        path = os.fspath(profiles)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no such profiles file: {path}")
+        low = path.lower()
+        if low.endswith(".parquet") or low.endswith(".pq"):
+            df = pd.read_parquet(path)
+        elif low.endswith((".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")):
+            sep = "\t" if ".tsv" in low or low.endswith(".txt") else ","
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            dtypes = {c: str for c in header if str(c).startswith(META_PREFIX)}
+            df = pd.read_csv(path, sep=sep, dtype=dtypes)
+        else:
+            raise ValueError(f"{path}: unknown profile format (use .parquet, .csv, .csv.gz or .tsv)")
+    for c in metadata_columns(df):
+        if not pd.api.types.is_numeric_dtype(df[c].dtype):
+            df[c] = df[c].astype(object).where(df[c].notna(), "").astype(str)
+    return df
+
+
+def _tmp_path(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    return tmp
+
+
+def _refuse_existing(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Write a table atomically as Parquet (``.parquet``) or CSV (``.csv``, ``.csv.gz``).
+
+    Args:
+        df: the table.
+        path: destination.
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        ValueError: unknown extension.
+    """
+    path = os.fspath(path)
+    low = path.lower()
+    if not (low.endswith(".parquet") or low.endswith(".csv") or low.endswith(".csv.gz")):
+        raise ValueError(f"{path}: unknown table format (use .parquet, .csv or .csv.gz)")
+    _refuse_existing(path, overwrite)
+    tmp = _tmp_path(path)
+    try:
+        if low.endswith(".parquet"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, compression="gzip" if low.endswith(".gz") else None)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_json(obj, path: str | os.PathLike, overwrite: bool = False) -> str:
+    """Write JSON atomically (numpy scalars and arrays converted).
+
+    Args:
+        obj: JSON-serialisable object (numpy numbers allowed).
+        path: destination.
+        overwrite: replace an existing file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    path = os.fspath(path)
+    _refuse_existing(path, overwrite)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def submission_table(df: pd.DataFrame, feature_cols: Sequence[str] | None = None) -> pd.DataFrame:
+    """The challenge submission table: ``ID`` (``<plate>_<well>``, e.g. ``BR00116991_A01``) then float features.
+
+    Args:
+        df: a profile table with Metadata_Plate and Metadata_Well.
+        feature_cols: features to export (default: :func:`feature_columns`).
+
+    Returns:
+        A new DataFrame with columns ``ID`` + features (float64), sorted by ID.
+
+    Raises:
+        ValueError: missing plate/well column, duplicated ID, or a NaN/inf feature (named).
+    """
+    feats = check_profiles(df, required=(PLATE, WELL), source="submission")
+    feats = list(feature_cols) if feature_cols is not None else feats
+    out = df[feats].astype(np.float64)
+    out.insert(0, "ID", df[PLATE].astype(str) + "_" + df[WELL].astype(str))
+    if out["ID"].duplicated().any():
+        raise ValueError(f"submission: duplicated ID {out.loc[out['ID'].duplicated(), 'ID'].iloc[0]!r}")
+    return out.sort_values("ID").reset_index(drop=True)
+
+
+def write_submission(
+    df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False, feature_cols: Sequence[str] | None = None
+) -> str:
+    """Write the challenge submission CSV (see :func:`submission_table`) atomically.
+
+    Args:
+        df: a profile table.
+        path: destination ``.csv``.
+        overwrite: replace an existing file.
+        feature_cols: features to export (default: all).
+
+    Returns:
+        The path written.
+    """
+    return write_table(submission_table(df, feature_cols), path, overwrite=overwrite)
