@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from dinov2_cell.profiles import merge as merge_mod
 from dinov2_cell.profiles.align import ALIGNMENT_LABEL, align_cross_plate
-from dinov2_cell.profiles.io import PLATE, SITE, WELL, write_json, write_submission, write_table
+from dinov2_cell.profiles.io import PLATE, SITE, WELL, HelpFormatter, write_json, write_submission, write_table
 from dinov2_cell.profiles.parts import (
     attach_metadata,
     check_run_config,
@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Well profiles from trained teacher checkpoints: per site concat(CLS, mean patch token), sites "
         "merged per well (4x4 -> 3x3 grid), fluorescent + brightfield concatenated; per-plate resumable parts, then "
         "profiles.parquet and the challenge submission.csv.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--checkpoint",
@@ -731,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="training output dir or eval/<name>/teacher_checkpoint.pth; repeat for fluorescent and brightfield; "
         "NAME (default: the channel group) prefixes the feature columns",
     )
+    p.add_argument("--fluo", default=None, metavar="PATH", help="fluorescent run/checkpoint (= --checkpoint fluo=PATH)")
+    p.add_argument("--bf", default=None, metavar="PATH", help="brightfield run/checkpoint (= --checkpoint bf=PATH)")
     p.add_argument(
         "--channels",
         action="append",
@@ -742,7 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root", help="folder with LoadData CSVs and/or Phenix image folders (not needed with --merge-only)"
     )
     p.add_argument("--out", required=True, help="output folder (parts/, profiles.parquet, submission.csv)")
-    p.add_argument("--plates", default=None, help="comma-separated barcodes (default: all under --data-root)")
+    p.add_argument(
+        "--plates", nargs="+", default=None, help="barcodes, space- or comma-separated (default: all under --data-root)"
+    )
     p.add_argument(
         "--shard", default=None, metavar="I/N", help="only plates I, I+N, ... (SLURM arrays); implies --no-merge"
     )
@@ -817,9 +821,11 @@ def run(args: argparse.Namespace) -> str:
     Returns:
         The path :func:`embed_plates` returned.
     """
-    if not args.checkpoint and not args.merge_only:
-        raise ValueError("--checkpoint is required unless --merge-only")
-    names, paths = _named(args.checkpoint)
+    given = list(args.checkpoint or [])
+    given += [f"{name}={path}" for name, path in (("fluo", args.fluo), ("bf", args.bf)) if path]
+    if not given and not args.merge_only:
+        raise ValueError("give --checkpoint (or --fluo / --bf) unless --merge-only")
+    names, paths = _named(given)
     if any(n is not None for n in names):
         if any(n is None for n in names):
             raise ValueError("--checkpoint: name all checkpoints (NAME=PATH) or none")
@@ -839,7 +845,7 @@ def run(args: argparse.Namespace) -> str:
         raise ValueError("--data-root is required unless --merge-only")
     sites = args.sites_per_well if args.sites_per_well == "auto" else int(args.sites_per_well)
     dataset_kwargs = parse_dataset_opts(args.dataset_opt)
-    plates = [p.strip() for p in args.plates.split(",") if p.strip()] if args.plates else None
+    plates = [p.strip() for v in args.plates for p in v.split(",") if p.strip()] if args.plates else None
     return embed_plates(
         checkpoints,
         args.data_root,

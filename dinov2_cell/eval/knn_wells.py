@@ -48,6 +48,7 @@ from dinov2_cell.eval.normalize import METHODS, normalize_profiles
 from dinov2_cell.profiles.io import (
     BROAD,
     CELL_LINE,
+    HelpFormatter,
     PLATE,
     check_profiles,
     is_control,
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dinov2_cell.eval.knn_wells",
         description="Challenge kNN compound classification (plate-wise CV, U2OS/A549 train->test combinations) and "
         "optional copairs mAP on well profiles (Parquet/CSV with Metadata_* columns + numeric features).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("profiles", help="profiles file (.parquet, .csv, .csv.gz)")
     p.add_argument("--k", type=int, default=1, help="neighbours")

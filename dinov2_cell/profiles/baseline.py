@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from dinov2_cell.profiles.io import PLATE, SITE, WELL, write_table
+from dinov2_cell.profiles.io import PLATE, WELL, HelpFormatter, write_table
 from dinov2_cell.profiles.parts import (
     attach_metadata,
     check_run_config,
@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dinov2_cell.profiles.baseline",
         description="Hand-crafted per-channel intensity/texture well profiles (CellProfiler stand-in).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data-root", required=True, help="folder with LoadData CSVs and/or Phenix image folders")
     p.add_argument("--out", required=True, help="output .parquet (parts and run_config.json in <out>.parts/)")

@@ -15,6 +15,7 @@ never leaves a half-written file under the final name; an existing file is never
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -305,3 +306,12 @@ def write_submission(
         The path written.
     """
     return write_table(submission_table(df, feature_cols), path, overwrite=overwrite)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse formatter that shows ``(default: X)`` only for meaningful defaults (not None/False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
