@@ -510,7 +510,9 @@ class CPJUMP1Dataset(Dataset):
                 self._skips.record("unreadable samples (replaced by a random sample)", str(e))
                 if attempt == _MAX_SUBSTITUTIONS:
                     raise DataReadError(f"{attempt + 1} unreadable samples in a row; last: {e}", e.path) from e
-                index = _randbelow(len(self), None)
+                if len(self) > 1:  # a uniformly random sample other than the one that failed
+                    r = _randbelow(len(self) - 1, None)
+                    index = r + 1 if r >= index else r
         if self.transform is None:
             out = image
         elif wants_other:

@@ -8,7 +8,9 @@ Two sources give the same index (a "long" table, one row per image file):
   ``FileName_Illum<Name>`` + ``PathName_Illum<Name>``). ``PathName`` values written on another machine (the
   Cell Painting Gallery CSVs hold the original absolute paths or ``s3://`` URLs) are re-rooted: the longest trailing
   part of the path that exists under ``root`` (then under the CSV's folder and its parents) is used, once per distinct
-  folder. Channels are named in the CSV, so there is no ambiguity about which file is which channel.
+  folder; failing that, the image folder found under ``root`` whose trailing path components match (e.g.
+  ``<BARCODE>__<timestamp>-Measurement1/Images``). Channels are named in the CSV, so there is no ambiguity about which
+  file is which channel.
 * **Raw Opera Phenix folders** (``<BARCODE>__<timestamp>-Measurement<N>/Images/rRRcCCfFFpPP-chNsk1fk1fl1.tiff``):
   the plate barcode is the folder name before ``__``; rows r01..r16 -> A..P, columns c01..c24, sites f01..; only plane
   p01 is used. Channel numbers map to names through :data:`PHENIX_CHANNELS`:
@@ -25,8 +27,8 @@ indexed from its CSV when one exists (``load_data_with_illum.csv`` preferred ove
 Checks (each raises :class:`~dinov2_cell.data.errors.DataIndexError` naming the file/column, or with
 ``on_error="skip"`` drops and counts the bad item): a requested channel missing from a CSV, an unknown channel name,
 a site lacking some channel file, a plate with no sites, a (plate, well, site, channel) given twice, and wells with
-more sites than the plate's usual count (the mode over its wells; wells with fewer sites are normal: CPJUMP1 has
-wells with 7 or 8 of 9 sites, and they are kept).
+more sites than the plate's usual count (the most common highest site number over its wells, or ``sites_per_well``;
+wells with fewer sites are normal: CPJUMP1 has wells with 7 or 8 of 9 sites, and they are kept).
 
 Canonical channel order: fluorescent ``DNA, ER, RNA, AGP, Mito`` then brightfield ``Brightfield, HighZBF, LowZBF``
 (``Brightfield`` is the in-focus plane, ``HighZBF`` / ``LowZBF`` the planes above / below focus).
@@ -275,10 +277,11 @@ def _pick_csvs(csvs: Sequence[Path], illum: str) -> list[Path]:
 class _DirResolver:
     """Maps a PathName value (possibly from another machine, possibly s3://) to an existing local folder."""
 
-    def __init__(self, root: Path, csv_path: Path):
+    def __init__(self, root: Path, csv_path: Path, known_dirs: Sequence[Path] = ()):
         bases = [root if root.is_dir() else root.parent, csv_path.parent]
         bases.extend(csv_path.parent.parents)
         self.bases = list(dict.fromkeys(b for b in bases))
+        self.known_dirs = [Path(d) for d in known_dirs]
         self.cache: dict[str, str | None] = {}
 
     def __call__(self, value: str) -> str | None:
@@ -301,6 +304,19 @@ class _DirResolver:
                 cand = base.joinpath(*parts[k:])
                 if cand.is_dir():
                     return str(cand)
+        # Last resort: an image folder found under root whose trailing components match (e.g. the
+        # "<BARCODE>__<timestamp>-Measurement1/Images" tail), if exactly one matches best.
+        best, best_k = [], 0
+        for d in self.known_dirs:
+            k = 0
+            while k < min(len(parts), len(d.parts)) and d.parts[-1 - k] == parts[-1 - k]:
+                k += 1
+            if k > best_k:
+                best, best_k = [d], k
+            elif k == best_k and k:
+                best.append(d)
+        if len(best) == 1 and any(p.lower() != "images" for p in parts[len(parts) - best_k :]):
+            return str(best[0])
         return None
 
 
@@ -331,6 +347,7 @@ def read_load_data_csv(
     plates: Sequence[str] | None = None,
     on_error: str = "raise",
     skips: SkipLog | None = None,
+    known_dirs: Sequence[str | os.PathLike] = (),
 ) -> pd.DataFrame:
     """Index one LoadData CSV.
 
@@ -342,6 +359,8 @@ def read_load_data_csv(
         plates: keep only these plates.
         on_error: ``raise`` or ``skip`` (rows with an empty file name or an unresolvable folder are dropped).
         skips: the :class:`SkipLog` to count skips in.
+        known_dirs: image folders found under root (:func:`discover`), matched by their trailing path components
+            when a ``PathName`` cannot be found under ``root``.
 
     Returns:
         Long index (:data:`INDEX_COLUMNS`), one row per (site, channel).
@@ -357,6 +376,8 @@ def read_load_data_csv(
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except Exception as e:  # pandas raises many types for corrupt/empty files; report them with the file name
         raise DataIndexError(f"cannot read LoadData CSV {csv_path}: {e}") from e
+    if df.empty:
+        raise DataIndexError(f"LoadData CSV {csv_path} has no rows (empty plate)")
     cols = list(df.columns)
 
     def need(*names: str) -> str:
@@ -391,7 +412,7 @@ def read_load_data_csv(
     wanted = list(orig) if channels is None else resolve_channels(channels, extra=orig)
     if illum not in ILLUM_MODES:
         raise ValueError(f"illum must be one of {ILLUM_MODES}, got {illum!r}")
-    resolver = _DirResolver(Path(root).resolve() if root is not None else csv_path.parent, csv_path)
+    resolver = _DirResolver(Path(root).resolve() if root is not None else csv_path.parent, csv_path, known_dirs)
 
     keep = np.ones(len(df), dtype=bool)
     if plates is not None:
@@ -570,9 +591,22 @@ def index_plates(
     csv_plates: dict[str, Path] = {}
     if source in ("auto", "csv"):
         for csv in _pick_csvs(found.csvs, illum):
-            df = read_load_data_csv(
-                csv, channels=channels, root=found.root, illum=illum, plates=wanted_plates, on_error=on_error, skips=skips
-            )
+            try:
+                df = read_load_data_csv(
+                    csv,
+                    channels=channels,
+                    root=found.root,
+                    illum=illum,
+                    plates=wanted_plates,
+                    on_error=on_error,
+                    skips=skips,
+                    known_dirs=[f for folders in found.phenix.values() for f, _ in folders],
+                )
+            except DataIndexError as e:
+                if on_error == "raise":
+                    raise
+                skips.record("unusable LoadData CSVs", str(e))
+                continue
             for plate in pd.unique(df["Metadata_Plate"]):
                 if plate in csv_plates:
                     raise DataIndexError(
@@ -599,6 +633,8 @@ def index_plates(
             )
     index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
     index["Metadata_Site"] = index["Metadata_Site"].astype(int)
+    for col in ("Metadata_Plate", "Metadata_Well", "channel", "path", "illum_path", "origin"):
+        index[col] = index[col].astype(str)  # same dtypes whichever source a plate came from
 
     present = set(index["Metadata_Plate"])
     if wanted_plates is not None:
@@ -701,22 +737,25 @@ def _expected_file(origin: str, key, channel: str) -> str:
 
 
 def _check_site_counts(sites: pd.DataFrame, on_error: str, skips: SkipLog, sites_per_well: int | None) -> pd.DataFrame:
-    counts = sites.groupby(["Metadata_Plate", "Metadata_Well"]).size()
+    # A plate's usual site count = the most common highest site number over its wells (ties: the larger). Missing
+    # sites (real: wells with 7 or 8 of 9) leave it unchanged; a well with sites beyond it (a second acquisition
+    # mixed in, a 16-site well on a 9-site plate) is inconsistent.
+    per_well = sites.groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Site"].agg(["size", "max"])
     drop = []
-    for plate, per_well in counts.groupby(level=0):
-        limit = sites_per_well if sites_per_well is not None else int(per_well.mode().max())
-        over = per_well[per_well > limit]
+    for plate, wells in per_well.groupby(level=0):
+        limit = sites_per_well if sites_per_well is not None else int(wells["max"].mode().max())
+        over = wells[(wells["max"] > limit) | (wells["size"] > limit)]
         if len(over):
-            well = over.index[0][1]
+            well, first = over.index[0][1], over.iloc[0]
             msg = (
                 f"plate {plate}: inconsistent site counts: {len(over)} well(s) have more than {limit} sites "
-                f"(e.g. well {well} has {int(over.iloc[0])}; site counts seen: {sorted(set(per_well.tolist()))})"
+                f"(e.g. well {well} has {int(first['size'])}, up to site {int(first['max'])})"
             )
             if on_error == "raise":
                 raise DataIndexError(msg + "; mixed acquisitions of one plate? set sites_per_well or fix the input")
             skips.record("wells with too many sites", msg, len(over))
             drop.extend(over.index.tolist())
-        fewer = int((per_well < limit).sum())
+        fewer = int((wells["size"] < limit).sum())
         if fewer:
             logger.info("plate %s: %d well(s) have fewer than %d sites (kept)", plate, fewer, limit)
     if drop:

@@ -62,11 +62,11 @@ def prepare_store(
     check_on_error(on_error)
     skips = SkipLog("prepare")
     names = idx.resolve_channels(channels)
-    store = init_store(out, names)
     long = idx.index_plates(
         root, plates=plates, channels=names, source=source, illum=illum, on_error=on_error, skips=skips
     )
     sites = idx.site_table(long, names, on_error=on_error, skips=skips)
+    store = init_store(out, names)  # only once the input is known to be usable: no empty store left behind
     plate_list = list(dict.fromkeys(sites["Metadata_Plate"]))
     written, complete = [], []
     for plate in tqdm(plate_list, desc="plates", unit="plate", disable=not progress):

@@ -1,0 +1,88 @@
+"""Normalization and illumination correction: exact results on known arrays."""
+
+import numpy as np
+import pytest
+import torch
+
+from dinov2_cell.data.normalize import (
+    BitDepthNormalizer,
+    PercentileNormalizer,
+    PlateNormalizer,
+    apply_illumination,
+    auto_stride,
+    channel_percentiles,
+    make_normalizer,
+    plate_bounds,
+    scale_to_unit,
+)
+
+
+def test_histogram_percentiles_equal_numpy():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 5000, size=(3, 40, 50), dtype=np.uint16)
+    q = [0.0, 0.1, 1.0, 37.5, 50.0, 99.9, 100.0]
+    got = channel_percentiles(img, q, stride=1)
+    want = np.stack([np.percentile(img[c].astype(np.float64), q) for c in range(3)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # float path gives the same numbers
+    np.testing.assert_allclose(channel_percentiles(img.astype(np.float32), q, stride=1), want, atol=1e-6)
+
+
+def test_percentile_normalizer_exact_on_ramp():
+    # values 0..99 on a 10x10 image: p10 = 9.9, p90 = 89.1 (numpy linear interpolation)
+    ramp = np.arange(100, dtype=np.uint16).reshape(1, 10, 10)
+    out = PercentileNormalizer(10, 90, stride=1)(ramp, "P")
+    expected = np.clip((np.arange(100) - 9.9) / (89.1 - 9.9), 0, 1).reshape(1, 10, 10)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+    assert out.min() == 0 and out.max() == 1
+
+
+def test_default_percentiles_and_auto_stride():
+    n = make_normalizer("percentile")
+    assert (n.low, n.high) == (0.1, 99.9)
+    assert auto_stride(256, 256) == 1 and auto_stride(1080, 1080) == 4
+
+
+def test_bitdepth_exact():
+    img = np.array([[[0, 1, 4095, 65535]]], dtype=np.uint16)
+    np.testing.assert_allclose(BitDepthNormalizer(16)(img, "P").numpy(), img / 65535.0, atol=1e-7)
+    np.testing.assert_allclose(BitDepthNormalizer(12)(img, "P").numpy(), [[[0, 1 / 4095, 1, 1]]], atol=1e-7)
+
+
+def test_constant_channel_becomes_zero_not_nan():
+    img = np.full((2, 4, 4), 7, dtype=np.uint16)
+    out = PercentileNormalizer()(img, "P")
+    assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+def test_scale_to_unit_float_input():
+    img = np.array([[[-1.0, 0.0, 0.5, 2.0]]], dtype=np.float32)
+    np.testing.assert_allclose(scale_to_unit(img, [0.0], [1.0]).numpy(), [[[0, 0, 0.5, 1]]])
+
+
+def test_illumination_division():
+    raw = np.array([[[100, 200], [300, 400]]], dtype=np.uint16)
+    illum = np.array([[[1.0, 2.0], [3.0, 4.0]]], dtype=np.float32)
+    out = apply_illumination(raw, illum)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.full((1, 2, 2), 100.0))
+    assert apply_illumination(raw, None) is raw
+
+
+def test_plate_normalizer_uses_pooled_bounds():
+    a = np.zeros((1, 4, 4), np.uint16)
+    b = np.full((1, 4, 4), 100, np.uint16)
+    bounds = plate_bounds([a, b], 0, 100, stride=1)
+    np.testing.assert_array_equal(bounds, [[0, 100]])
+    norm = PlateNormalizer({"P1": bounds}, 0, 100)
+    np.testing.assert_allclose(norm(b, "P1").numpy(), 1.0)
+    with pytest.raises(KeyError, match="P2"):
+        norm(b, "P2")
+
+
+@pytest.mark.parametrize("bad", [dict(name="zscore"), dict(name="percentile", percentile_low=50, percentile_high=10)])
+def test_bad_normalizer_options(bad):
+    name = bad.pop("name")
+    with pytest.raises(ValueError):
+        make_normalizer(name, **bad)
