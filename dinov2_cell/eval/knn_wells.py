@@ -41,9 +41,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
-from sklearn.neighbors import KNeighborsClassifier
-
 from dinov2_cell.eval.normalize import METHODS, normalize_profiles
 from dinov2_cell.profiles.io import (
     BROAD,
@@ -161,6 +158,8 @@ def knn_predict(
     Returns:
         (m,) predicted labels.
     """
+    from sklearn.neighbors import KNeighborsClassifier  # deferred: keeps `--help` fast
+
     clf = KNeighborsClassifier(n_neighbors=min(k, len(x_train)), metric=metric, weights=weights, algorithm="brute")
     clf.fit(x_train, y_train)
     return clf.predict(x_test)
@@ -243,6 +242,8 @@ def evaluate(
             f"{source}: no train->test combination can be evaluated; cell lines present: "
             f"{ {k: len(v) for k, v in by_line.items()} } (a within-line combination needs 2+ plates)"
         )
+    from sklearn.metrics import f1_score
+
     folds = {line: make_folds(p, n_folds, seed) for line, p in by_line.items()}
     x = df[feats].to_numpy(dtype=np.float64)
     y = df[label_col].astype(str).to_numpy()

@@ -1,0 +1,134 @@
+"""Challenge kNN protocol: folds, splits, equality with a plain scikit-learn reference, planted structure, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from dinov2_cell.eval import knn_wells
+
+
+def test_make_folds_round_robin_and_leave_one_plate_out():
+    plates = [f"BR{i}" for i in range(8)]
+    folds = knn_wells.make_folds(plates, 5)
+    assert folds == [["BR0", "BR5"], ["BR1", "BR6"], ["BR2", "BR7"], ["BR3"], ["BR4"]]
+    assert knn_wells.make_folds(["b", "a", "c"], 5) == [["a"], ["b"], ["c"]]
+    shuffled = knn_wells.make_folds(plates, 5, seed=1)
+    assert sorted(p for f in shuffled for p in f) == sorted(plates)
+
+
+def test_splits_never_train_on_test_plates():
+    folds = {"U2OS": knn_wells.make_folds(list("abcdef"), 5), "A549": knn_wells.make_folds(list("ghi"), 5)}
+    combos = knn_wells.DEFAULT_COMBINATIONS
+    out = knn_wells.splits(folds, combos)
+    assert len(out) == 5 + 3 + 5 + 3  # folds of the target cell line per combination
+    for source, target, f, train, test in out:
+        assert not set(train) & set(test)
+        src_plates = {p for fold in folds[source] for p in fold}
+        assert set(train) <= src_plates
+        held = folds[source][f % len(folds[source])]
+        assert set(train) == src_plates - set(held)
+        assert set(test) == set(folds[target][f])
+
+
+def _sklearn_reference(df, k, metric, weights):
+    """Straightforward re-implementation: same folds, KNeighborsClassifier, accuracy and macro-F1 per fold."""
+    df = df[df["Metadata_pert_iname"] != "DMSO"]
+    feats = [c for c in df.columns if not c.startswith("Metadata_")]
+    scores = {}
+    for line_s in ("U2OS", "A549"):
+        for line_t in ("U2OS", "A549"):
+            src = sorted(df.loc[df["Metadata_cell_line"] == line_s, "Metadata_Plate"].unique())
+            tgt = sorted(df.loc[df["Metadata_cell_line"] == line_t, "Metadata_Plate"].unique())
+            acc, f1 = [], []
+            for f in range(5):
+                test = tgt[f::5]
+                train = [p for p in src if p not in src[f::5]]
+                tr, te = df[df["Metadata_Plate"].isin(train)], df[df["Metadata_Plate"].isin(test)]
+                clf = KNeighborsClassifier(n_neighbors=k, metric=metric, weights=weights, algorithm="brute")
+                pred = clf.fit(tr[feats], tr["Metadata_broad_sample"]).predict(te[feats])
+                acc.append(np.mean(pred == te["Metadata_broad_sample"].to_numpy()))
+                y = te["Metadata_broad_sample"].to_numpy()
+                f1.append(f1_score(y, pred, labels=np.unique(y), average="macro", zero_division=0))
+            scores[f"{line_s}->{line_t}"] = (np.mean(acc), np.mean(f1))
+    return scores
+
+
+@pytest.mark.parametrize("k,metric,weights", [(1, "cosine", "uniform"), (3, "euclidean", "distance")])
+def test_scores_equal_sklearn_reference(make_planted, k, metric, weights):
+    make, _ = make_planted
+    df = make(noise=2.0, seed=3)  # noisy enough that scores are neither 0 nor 1
+    result = knn_wells.evaluate(df, k=k, metric=metric, weights=weights)
+    ref = _sklearn_reference(df, k, metric, weights)
+    assert set(result["combinations"]) == set(ref)
+    for name, (acc, f1) in ref.items():
+        assert result["combinations"][name]["accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert result["combinations"][name]["macro_f1"] == pytest.approx(f1, abs=1e-12)
+    assert result["mean"]["accuracy"] == pytest.approx(np.mean([a for a, _ in ref.values()]))
+    assert 0.05 < result["mean"]["accuracy"] < 0.95
+
+
+def test_planted_beats_shuffled_beats_nothing(make_planted, planted):
+    make, shuffle = make_planted
+    chance = 1 / 12
+    good = knn_wells.evaluate(planted)["mean"]["accuracy"]
+    shuffled = knn_wells.evaluate(shuffle(planted))["mean"]["accuracy"]
+    noise = knn_wells.evaluate(make(structure=0.0))["mean"]["accuracy"]
+    assert good > 0.9
+    assert shuffled < 3 * chance and noise < 3 * chance
+    assert good > shuffled and good > noise
+
+
+def test_normalisation_keeps_planted_signal(planted):
+    for method in ("standardize", "robustize", "spherize"):
+        assert knn_wells.evaluate(planted, normalize=method)["mean"]["accuracy"] > 0.8, method
+
+
+def test_missing_cell_line_is_skipped_and_reported(planted):
+    u2os = planted[planted["Metadata_cell_line"] == "U2OS"]
+    result = knn_wells.evaluate(u2os)
+    assert list(result["combinations"]) == ["U2OS->U2OS"]
+    assert result["skipped"] == ["U2OS->A549", "A549->U2OS", "A549->A549"]
+
+
+def test_bad_profiles_fail_clearly(planted):
+    bad = planted.copy()
+    bad.loc[3, "f05"] = np.nan
+    with pytest.raises(ValueError, match="'f05'"):
+        knn_wells.evaluate(bad)
+    with pytest.raises(ValueError, match="Metadata_cell_line"):
+        knn_wells.evaluate(planted.drop(columns="Metadata_cell_line"))
+    no_dmso = planted[~((planted["Metadata_Plate"] == "PL002") & (planted["Metadata_pert_iname"] == "DMSO"))]
+    with pytest.raises(ValueError, match="plate PL002: 0 DMSO"):
+        knn_wells.evaluate(no_dmso, normalize="standardize")
+    with pytest.raises(ValueError, match="weights"):
+        knn_wells.evaluate(planted, weights="gaussian")
+
+
+def test_cli_help_and_tiny_run(tmp_path, planted):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.eval.knn_wells"]
+    out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "--normalize" in out.stdout
+    profiles = tmp_path / "profiles.csv"
+    planted.to_csv(profiles, index=False)
+    args = [str(profiles), "--out", str(tmp_path / "res"), "--map", "--null-size", "50"]
+    args += ["--map-cache-dir", str(tmp_path / "cache")]
+    out = subprocess.run(cmd + args, capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "U2OS->A549" in out.stdout and "activity" in out.stdout
+    res = tmp_path / "res"
+    folds = pd.read_csv(res / "knn_folds.csv")
+    assert len(folds) == 4 * 5  # 4 combinations x 5 folds (5 U2OS and 6 A549 plates)
+    assert set(folds["combination"]) == {"U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549"}
+    summary = json.loads((res / "knn.json").read_text())
+    assert summary["mean"]["accuracy"] > 0.9
+    assert (res / "map_activity.csv").exists() and json.loads((res / "map.json").read_text())["activity"]
+    with pytest.raises(FileExistsError, match="overwrite"):  # in-process: a third interpreter start costs ~5 s
+        knn_wells.main(args)

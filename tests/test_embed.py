@@ -1,0 +1,176 @@
+"""Embedding CLI and API: tiny teacher checkpoints, a stub dataset, synthetic plates for the subprocess run."""
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from dinov2_cell import embed
+from dinov2_cell.profiles.io import PROFILE_METADATA, feature_columns
+from dinov2_cell.profiles.merge import merge_well
+
+PLATE_9, PLATE_16 = "BR00116991", "BR00116995"  # one A549 and one U2OS compound plate
+N_CHANNELS = {"fluo": 5, "bf": 3}
+
+
+def make_run(run_dir, in_chans, dataset_path=None):
+    """A training output dir with a tiny teacher checkpoint and its config.yaml (the brief's recipe)."""
+    from dinov2_cell.models.multichannel_vit import build_model
+    from dinov2_cell.train.config import build_config
+
+    opts = ["student.arch=vit_cell_tiny", "student.patch_size=14", f"student.in_chans={in_chans}"]
+    opts.append("crops.global_crops_size=56")
+    if dataset_path:
+        opts.append(f"train.dataset_path={dataset_path}")
+    cfg = build_config(None, opts)
+    torch.manual_seed(in_chans)
+    teacher, _ = build_model(cfg.student, only_teacher=True, img_size=56, in_chans=in_chans)
+    os.makedirs(os.path.join(run_dir, "eval", "final"), exist_ok=True)
+    state = {"teacher": {"backbone." + k: v for k, v in teacher.state_dict().items()}}
+    torch.save(state, os.path.join(run_dir, "eval", "final", "teacher_checkpoint.pth"))
+    OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"))
+    return str(run_dir)
+
+
+class StubDataset:
+    """CPJUMP1Dataset's surface: ``index``, ``len``, ``get_image``; PLATE_16 has 16 sites per well, one site missing."""
+
+    def __init__(self, root, plates, channels, **kwargs):
+        rows = []
+        for p in [PLATE_9, PLATE_16] if plates is None else plates:
+            for w in ("A01", "A02"):
+                for s in range(1, (16 if p == PLATE_16 else 9) + 1):
+                    if (p, w, s) != (PLATE_9, "A02", 5):
+                        rows.append((p, w, s))
+        self.index = pd.DataFrame(rows, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
+        self.n = N_CHANNELS[channels]
+
+    def __len__(self):
+        return len(self.index)
+
+    def get_image(self, i):
+        p, w, s = self.index.iloc[i]
+        g = torch.Generator().manual_seed(zlib.crc32(f"{p}/{w}/{s}".encode()))
+        return torch.rand(self.n, 40, 40, generator=g)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {"fluo": make_run(root / "fluo", 5), "bf": make_run(root / "bf", 3)}
+
+
+@pytest.fixture()
+def factory():
+    calls = []
+
+    def f(root, plates, channels, **kwargs):
+        calls.append(plates)
+        return StubDataset(root, plates, channels, **kwargs)
+
+    f.calls = calls
+    return f
+
+
+def test_prepare_image_resize_and_crop():
+    img = torch.rand(5, 45, 40)
+    assert embed.prepare_image(img, 56, 14).shape == (5, 56, 56)
+    cropped = embed.prepare_image(img, 0, 14)
+    assert cropped.shape == (5, 42, 28)
+    assert torch.equal(cropped, img[:, 1:43, 6:34])
+
+
+def test_embed_plates_matches_direct_computation(tmp_path, runs, factory):
+    out = embed.embed_plates(runs, "root", str(tmp_path / "out"), batch_size=7, dataset_factory=factory, progress=False)
+    df = pd.read_parquet(out)
+    assert list(df.columns[: len(PROFILE_METADATA)]) == list(PROFILE_METADATA)
+    assert len(df) == 4 and set(df["Metadata_cell_line"]) == {"A549", "U2OS"}
+    feats = feature_columns(df)
+    assert len(feats) == 2 * 9 * 2 * 96 and feats[0] == "fluo_p0_0000" and feats[-1] == "bf_p8_0191"
+    # One well recomputed by hand: 16 sites -> backbone -> concat(CLS, mean patch) -> 4x4 grid -> 3x3 -> concat.
+    backbone, _ = __import__("dinov2_cell.models.multichannel_vit", fromlist=["x"]).load_teacher_backbone(runs["fluo"])
+    ds = StubDataset("root", [PLATE_16], "fluo")
+    with torch.no_grad():
+        x = torch.stack([embed.prepare_image(ds.get_image(i), 56, 14) for i in range(16)])
+        o = backbone.forward_features(x)
+        site = torch.cat([o["x_norm_clstoken"], o["x_norm_patchtokens"].mean(1)], 1).numpy()
+    ref, _ = merge_well(list(range(1, 17)), site, side=4)
+    row = df[(df["Metadata_Plate"] == PLATE_16) & (df["Metadata_Well"] == "A01")]
+    got = row[[c for c in feats if c.startswith("fluo_")]].to_numpy()[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # Submission CSV and the per-plate stats (the 8-site well is counted).
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv")
+    assert list(sub["ID"]) == [f"{PLATE_9}_A01", f"{PLATE_9}_A02", f"{PLATE_16}_A01", f"{PLATE_16}_A02"]
+    assert sub.shape[1] == 1 + len(feats) and np.isfinite(sub.iloc[:, 1:].to_numpy()).all()
+    stats = pd.read_json(tmp_path / "out" / "parts" / f"{PLATE_9}.stats.json")
+    assert stats["fluo"]["wells_with_missing_sites"] == 1
+
+
+def test_resume_guard_shards_and_alignment(tmp_path, runs, factory):
+    out = str(tmp_path / "out")
+    plates = [PLATE_9, PLATE_16]
+    kw = dict(plates=plates, batch_size=16, dataset_factory=factory, progress=False)
+    embed.embed_plates(runs, "root", out, shard="0/2", **kw)
+    embed.embed_plates(runs, "root", out, shard="1/2", **kw)
+    assert not os.path.exists(os.path.join(out, "profiles.parquet"))  # shards never merge
+    n_calls = len(factory.calls)
+    merged = embed.embed_plates(runs, "root", out, merge_only=True, align_alpha=0.5, **kw)
+    assert merged.endswith("profiles_aligned_alpha0.5.parquet") and len(factory.calls) == n_calls
+    plain = pd.read_parquet(os.path.join(out, "profiles.parquet"))
+    aligned = pd.read_parquet(merged)
+    f = "fluo_p4_0007"
+    mu = plain.groupby("Metadata_Well")[f].transform("mean")
+    np.testing.assert_allclose(aligned[f], 0.5 * plain[f] + 0.5 * mu, rtol=1e-6)
+    assert os.path.exists(os.path.join(out, "submission_aligned_alpha0.5.csv"))
+    # Rerun: every part present -> nothing read, merged file kept.
+    assert embed.embed_plates(runs, "root", out, **kw).endswith("profiles.parquet")
+    assert len(factory.calls) == n_calls
+    with pytest.raises(FileExistsError, match="site_merge"):
+        embed.embed_plates(runs, "root", out, site_merge="mean", **kw)
+    p = embed.embed_plates(runs, "root", out, site_merge="mean", overwrite=True, **kw)
+    assert len(feature_columns(pd.read_parquet(p))) == 2 * 2 * 96
+
+
+def test_channels_and_metadata_errors(tmp_path, runs, factory):
+    with pytest.raises(ValueError, match="in_chans=5"):
+        embed.embed_plates({"fluo": runs["fluo"]}, "r", str(tmp_path / "a"), channels_per_checkpoint={"fluo": "bf"})
+    with pytest.raises(ValueError, match="metadata"):  # an ORF plate: no packaged well metadata
+        embed.embed_plates(runs, "r", str(tmp_path / "b"), plates=["BR00117006"], dataset_factory=factory)
+
+
+def test_channels_and_normalisation_inherited_from_training_config(tmp_path):
+    run = make_run(tmp_path / "r", 3, dataset_path="CPJUMP1:root=/x:channels=bf:normalize=bitdepth:on_error=skip")
+    model = embed.load_teacher(run)
+    assert model.name == "bf" and model.channels == "bf" and model.image_size == 56
+    assert model.dataset_kwargs == {"normalize": "bitdepth"}  # on_error is an inference choice, not inherited
+    assert embed.parse_dataset_opts(["on_error=skip", "percentile_low=1"]) == {
+        "on_error": "skip",
+        "percentile_low": 1.0,
+    }
+    with pytest.raises(ValueError, match="--data-root"):
+        embed.parse_dataset_opts(["root=/y"])
+
+
+def test_cli_help_and_tiny_run_on_synthetic_plates(tmp_path, runs):
+    from dinov2_cell.data.synthetic import generate_plates
+
+    data = tmp_path / "plates"
+    generate_plates(data, plates=[PLATE_9], wells=["A01", "A02"], sites=9, size=28, missing_sites=0.5, progress=False)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.embed"]
+    out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and "--align-alpha" in out.stdout
+    args = ["--fluo", runs["fluo"], "--bf", runs["bf"], "--data-root", str(data), "--out", str(tmp_path / "o")]
+    out = subprocess.run(cmd + args + ["--batch-size", "8", "--no-progress"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    df = pd.read_parquet(tmp_path / "o" / "profiles.parquet")
+    assert list(df["Metadata_Well"]) == ["A01", "A02"] and df["Metadata_Plate"].eq(PLATE_9).all()
+    assert df["Metadata_pert_iname"].iloc[1] == "DMSO"  # A02 is a DMSO well in the real plate map
+    sub = pd.read_csv(tmp_path / "o" / "submission.csv")
+    assert list(sub["ID"]) == [f"{PLATE_9}_A01", f"{PLATE_9}_A02"]
