@@ -370,9 +370,7 @@ class CPJUMP1Dataset(Dataset):
         """Image files of sample ``index`` in channel order (empty for store samples)."""
         if self._is_store[index]:
             return []
-        return [
-            os.path.join(self._dirs[d], n.decode()) for d, n in zip(self._dir_idx[index], self._names[index])
-        ]
+        return [os.path.join(self._dirs[d], n.decode()) for d, n in zip(self._dir_idx[index], self._names[index])]
 
     # ------------------------------------------------------------------------------------------------------------
     # Reading
@@ -465,7 +463,8 @@ class CPJUMP1Dataset(Dataset):
         """
         raw = self.read_raw(index)
         image = apply_illumination(raw, self.illumination(index, raw.shape[1:]))
-        return self.normalizer(image, self.plates[int(self._plate_code[index])])
+        # image is a fresh array owned here (raw read or division result): normalize it in place
+        return self.normalizer(image, self.plates[int(self._plate_code[index])], inplace=True)
 
     def other_site_index(self, index: int, rng: Any = None) -> int:
         """A uniformly random other site of the same plate and well (``index`` itself if the well has one site).

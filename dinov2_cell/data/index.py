@@ -433,7 +433,9 @@ def read_load_data_csv(
         illum_paths = pd.Series([""] * len(df), index=df.index, dtype=object)
         ifile, ipath = f"FileName_Illum{csv_name}", f"PathName_Illum{csv_name}"
         if illum != "no" and ifile in df.columns:
-            illum_paths = _join_paths(df[ifile], df[need(ipath)], resolver, csv_path, ipath, keep, on_error, skips, "illum")
+            illum_paths = _join_paths(
+                df[ifile], df[need(ipath)], resolver, csv_path, ipath, keep, on_error, skips, "illum"
+            )
         elif illum == "yes":
             raise DataIndexError(f"{csv_path}: illum='yes' but there is no column {ifile}")
         pieces.append(
@@ -628,7 +630,13 @@ def index_plates(
             folder, files = folders[0]
             parts.append(
                 scan_phenix_folder(
-                    folder, files, plate=plate, channels=channels, channel_map=channel_map, on_error=on_error, skips=skips
+                    folder,
+                    files,
+                    plate=plate,
+                    channels=channels,
+                    channel_map=channel_map,
+                    on_error=on_error,
+                    skips=skips,
                 )
             )
     index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
@@ -650,7 +658,9 @@ def index_plates(
             f"no images found under {found.root} (source={source}; looked for {', '.join(LOAD_DATA_NAMES)} "
             "and Phenix folders with rRRcCCfFFpPP-chN...tiff files)"
         )
-    order = {c: i for i, c in enumerate(resolve_channels(channels, extra=index["channel"].unique()))} if channels else {}
+    order = (
+        {c: i for i, c in enumerate(resolve_channels(channels, extra=index["channel"].unique()))} if channels else {}
+    )
     index["_ch"] = index["channel"].map(order).fillna(len(order)) if order else 0
     index = index.sort_values(["Metadata_Plate", "Metadata_Well", "Metadata_Site", "_ch", "channel"], kind="stable")
     return index.drop(columns="_ch").reset_index(drop=True)

@@ -205,7 +205,11 @@ def compound_layout() -> pd.DataFrame:
         ValueError: if a plate-map compound has no annotation (the packaged files are inconsistent).
     """
     pm = read_compound_platemap().rename(
-        columns={"well_position": "Metadata_Well", "broad_sample": "Metadata_broad_sample", "solvent": "Metadata_solvent"}
+        columns={
+            "well_position": "Metadata_Well",
+            "broad_sample": "Metadata_broad_sample",
+            "solvent": "Metadata_solvent",
+        }
     )
     compounds = compound_table()
     merged = pm.merge(compounds, on="Metadata_broad_sample", how="left", validate="many_to_one")

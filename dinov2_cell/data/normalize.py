@@ -111,34 +111,37 @@ def apply_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def scale_to_unit(image: np.ndarray, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
+def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.Tensor:
     """``clip((x - low) / (high - low), 0, 1)`` per channel, as a float32 tensor.
 
-    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN.
+    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. Computed with numpy in place
+    on one float32 buffer (convert, multiply, add, clip): on a 5 x 1080 x 1080 site this is several times faster and
+    far less variable than the equivalent torch ops under CPU contention with DataLoader workers.
 
     Args:
         image: C x H x W array (uint16 or float).
         low: per-channel lower bound, shape (C,).
         high: per-channel upper bound, shape (C,).
+        inplace: a float32 ``image`` may be overwritten (saves a copy; used for arrays the caller owns).
 
     Returns:
-        float32 tensor C x H x W.
+        float32 tensor C x H x W sharing memory with the buffer.
     """
     low = np.asarray(low, dtype=np.float64)
     high = np.asarray(high, dtype=np.float64)
     span = high - low
     safe = span > 0
     scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
-    # x * s - low * s in one fused op (addcmul), then an in-place clamp: two passes over the data instead of four.
-    s = torch.from_numpy(scale.astype(np.float32))[:, None, None]
-    b = torch.from_numpy((-low * scale).astype(np.float32))[:, None, None]
-    x = torch.from_numpy(np.ascontiguousarray(image))
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.to(torch.float32)  # torch's uint16 support is partial; one conversion pass keeps every op defined
-        out = x.mul_(s).add_(b)
+    s = scale.astype(np.float32)[:, None, None]
+    b = (-low * scale).astype(np.float32)[:, None, None]
+    if image.dtype == np.float32 and inplace and image.flags.c_contiguous and image.flags.writeable:
+        out = image
     else:
-        out = torch.addcmul(b, x.to(torch.float32), s)
-    return out.clamp_(0.0, 1.0)
+        out = np.array(image, dtype=np.float32, order="C", copy=True)
+    np.multiply(out, s, out=out)
+    np.add(out, b, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return torch.from_numpy(out)
 
 
 class Normalizer:
@@ -146,12 +149,13 @@ class Normalizer:
 
     name = "base"
 
-    def __call__(self, image: np.ndarray, plate: str) -> torch.Tensor:
+    def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
         """Normalize one image.
 
         Args:
             image: C x H x W array.
             plate: plate barcode (used by per-plate normalizers).
+            inplace: a float32 ``image`` may be overwritten.
 
         Returns:
             float32 tensor C x H x W in [0, 1].
@@ -180,9 +184,9 @@ class PercentileNormalizer(Normalizer):
         self.high = float(high)
         self.stride = stride
 
-    def __call__(self, image: np.ndarray, plate: str) -> torch.Tensor:
+    def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
         p = channel_percentiles(image, (self.low, self.high), self.stride)
-        return scale_to_unit(image, p[:, 0], p[:, 1])
+        return scale_to_unit(image, p[:, 0], p[:, 1], inplace)
 
 
 class BitDepthNormalizer(Normalizer):
@@ -199,9 +203,9 @@ class BitDepthNormalizer(Normalizer):
             raise ValueError(f"bit_depth must be in 1..32, got {bit_depth}")
         self.bit_depth = int(bit_depth)
 
-    def __call__(self, image: np.ndarray, plate: str) -> torch.Tensor:
+    def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
         c = image.shape[0]
-        return scale_to_unit(image, np.zeros(c), np.full(c, float(2**self.bit_depth - 1)))
+        return scale_to_unit(image, np.zeros(c), np.full(c, float(2**self.bit_depth - 1)), inplace)
 
 
 class PlateNormalizer(Normalizer):
@@ -220,14 +224,14 @@ class PlateNormalizer(Normalizer):
         self.high = float(DEFAULT_PERCENTILES[1] if high is None else high)
         self.bounds = {p: np.asarray(b, dtype=np.float64) for p, b in bounds.items()}
 
-    def __call__(self, image: np.ndarray, plate: str) -> torch.Tensor:
+    def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
         try:
             b = self.bounds[plate]
         except KeyError:
             raise KeyError(f"no per-plate normalization statistics for plate {plate!r}") from None
         if b.shape != (image.shape[0], 2):
             raise ValueError(f"plate {plate}: statistics have shape {b.shape}, image has {image.shape[0]} channels")
-        return scale_to_unit(image, b[:, 0], b[:, 1])
+        return scale_to_unit(image, b[:, 0], b[:, 1], inplace)
 
 
 def plate_bounds(images: Sequence[np.ndarray], low: float, high: float, stride: int | None = None) -> np.ndarray:
@@ -255,7 +259,11 @@ def plate_bounds(images: Sequence[np.ndarray], low: float, high: float, stride: 
 
 
 def make_normalizer(
-    name: str | Normalizer, *, percentile_low=DEFAULT_PERCENTILES[0], percentile_high=DEFAULT_PERCENTILES[1], bit_depth=16
+    name: str | Normalizer,
+    *,
+    percentile_low=DEFAULT_PERCENTILES[0],
+    percentile_high=DEFAULT_PERCENTILES[1],
+    bit_depth=16,
 ) -> Normalizer | str:
     """Build a per-image normalizer from its name.
 

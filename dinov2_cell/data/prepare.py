@@ -75,7 +75,13 @@ def prepare_store(
             complete.append(plate)
             continue
         write_plate(
-            store, plate, sites[sites["Metadata_Plate"] == plate], names, on_error=on_error, skips=skips, progress=progress
+            store,
+            plate,
+            sites[sites["Metadata_Plate"] == plate],
+            names,
+            on_error=on_error,
+            skips=skips,
+            progress=progress,
         )
         written.append(plate)
     skips.log_summary()

@@ -48,7 +48,8 @@ def read_tiff(path: str | os.PathLike, out: np.ndarray | None = None, expected_s
                 raise DataReadError(f"{path}: expected dtype uint16, got {page.dtype}", path)
             if expected_shape is not None and shape != tuple(expected_shape):
                 raise DataReadError(
-                    f"{path}: image shape {shape} differs from {tuple(expected_shape)} (other images of this plate)", path
+                    f"{path}: image shape {shape} differs from {tuple(expected_shape)} (other images of this plate)",
+                    path,
                 )
             if out is not None and out.shape != shape:
                 raise DataReadError(f"{path}: image shape {shape} differs from {out.shape} (other channels)", path)
@@ -101,4 +102,3 @@ def read_illum(path: str | os.PathLike, expected_shape=None) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or float(arr.min()) <= 0:
         raise DataReadError(f"{path}: illumination function has non-finite or non-positive values", path)
     return arr
-

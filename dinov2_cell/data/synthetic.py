@@ -75,12 +75,36 @@ DEFAULT_WELLS = 48
 # Cell-line baselines. Lengths are fractions of the image side: --size changes resolution, not the field of view.
 CELL_LINES = {
     "U2OS": dict(
-        density=8.0, nuc_r=0.050, aspect=1.30, cell_scale=2.5, irregular=0.28, dna=1.0, er=0.85, rna=0.7, agp=0.8,
-        mito=1.0, er_conc=1.6, mito_conc=1.2, dna_tex=0.30, golgi=0.55,
+        density=8.0,
+        nuc_r=0.050,
+        aspect=1.30,
+        cell_scale=2.5,
+        irregular=0.28,
+        dna=1.0,
+        er=0.85,
+        rna=0.7,
+        agp=0.8,
+        mito=1.0,
+        er_conc=1.6,
+        mito_conc=1.2,
+        dna_tex=0.30,
+        golgi=0.55,
     ),
     "A549": dict(
-        density=13.0, nuc_r=0.042, aspect=1.12, cell_scale=2.0, irregular=0.14, dna=1.35, er=1.0, rna=0.8, agp=0.65,
-        mito=0.8, er_conc=2.2, mito_conc=1.8, dna_tex=0.22, golgi=0.45,
+        density=13.0,
+        nuc_r=0.042,
+        aspect=1.12,
+        cell_scale=2.0,
+        irregular=0.14,
+        dna=1.35,
+        er=1.0,
+        rna=0.8,
+        agp=0.65,
+        mito=0.8,
+        er_conc=2.2,
+        mito_conc=1.8,
+        dna_tex=0.22,
+        golgi=0.45,
     ),
 }
 # Fluorescent signal scale (camera counts at intensity 1) and brightfield background level.
@@ -184,7 +208,9 @@ def _direction(seed: int, *parts) -> np.ndarray:
     return np.random.default_rng([seed, _key(*parts)]).standard_normal(N_EFFECTS)
 
 
-def compound_effect(broad_sample: str, target: str, pert_type: str, cell_line: str, seed: int) -> tuple[np.ndarray, float]:
+def compound_effect(
+    broad_sample: str, target: str, pert_type: str, cell_line: str, seed: int
+) -> tuple[np.ndarray, float]:
     """The effect vector of a compound in a cell line, and its potency (0 for DMSO).
 
     Args:
@@ -292,7 +318,9 @@ def render_site(
         p = rng.uniform(-0.04 * size, 1.04 * size, 2)
         if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 > min_d**2 for q in centres):
             centres.append(p)
-    layers = {k: np.zeros((size, size), np.float32) for k in ("nuc", "cell", "er", "mito", "mem", "golgi", "dna", "rna")}
+    layers = {
+        k: np.zeros((size, size), np.float32) for k in ("nuc", "cell", "er", "mito", "mem", "golgi", "dna", "rna")
+    }
     for cy, cx in centres:
         rounded = rng.random() < frac_round
         nr = nuc_r * np.exp(rng.normal(0, 0.12)) * (0.72 if rounded else 1.0)
@@ -547,7 +575,9 @@ def generate_plates(
         img_dir = out / folder
         csv_dir = out / "load_data_csv" / BATCH / barcode
         if (img_dir.exists() or csv_dir.exists()) and not overwrite:
-            raise FileExistsError(f"plate {barcode} already exists under {out} ({img_dir}); pass overwrite=True / --overwrite")
+            raise FileExistsError(
+                f"plate {barcode} already exists under {out} ({img_dir}); pass overwrite=True / --overwrite"
+            )
         if img_dir.exists():
             for f in img_dir.iterdir():
                 f.unlink()

@@ -82,7 +82,6 @@ def relpath_map(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-
 @pytest.fixture()
 def h():
     """The helper functions of this module (test modules cannot import a conftest by name)."""

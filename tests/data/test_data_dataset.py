@@ -87,7 +87,9 @@ def test_illumination_correction_applied(synth):
     raw = np.stack([read_tiff(p) for p in paths]).astype(np.float32)
     plate = ds.site_key(i)[0]
     root = synth.out_dir
-    illum = np.stack([read_illum(f"{root}/illum/2020_11_04_CPJUMP1/{plate}/{plate}_Illum{c}.npy") for c in ("DNA", "Mito")])
+    illum = np.stack(
+        [read_illum(f"{root}/illum/2020_11_04_CPJUMP1/{plate}/{plate}_Illum{c}.npy") for c in ("DNA", "Mito")]
+    )
     np.testing.assert_allclose(ds.get_image(i).numpy(), np.clip(raw / illum / 65535, 0, 1), rtol=1e-6)
     np.testing.assert_allclose(no.get_image(i).numpy(), raw / 65535, rtol=1e-6)
 

@@ -89,7 +89,9 @@ def test_unreadable_site_raise_and_skip(tiny, tmp_path, h):
 def test_cli_help_and_tiny_run(tiny, tmp_path, capsys):
     cmd = [sys.executable, "-m", "dinov2_cell.data.prepare"]
     run = cmd + ["--root", tiny.out_dir, "--out", str(tmp_path / "cli"), "--channels", "fluo", "--no-progress"]
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (cmd + ["--help"], run)]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (cmd + ["--help"], run)
+    ]
     (help_out, _), (run_out, run_err) = [p.communicate(timeout=120) for p in procs]
     assert procs[0].returncode == 0 and "--on-error" in help_out and "resumable" in help_out
     assert procs[1].returncode == 0, run_err

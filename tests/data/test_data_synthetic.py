@@ -122,7 +122,10 @@ def test_cli_help_and_tiny_run(tmp_path, capsys):
     cmd = [sys.executable, "-m", "dinov2_cell.data.synthetic"]
     tiny = ["--out", str(tmp_path / "cli"), "--plates", "2", "--wells", "3", "--sites", "2", "--size", "16"]
     # both processes at once: each spends most of its time importing torch and upstream
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in (cmd + ["--help"], cmd + tiny + ["--no-progress"])]
+    procs = [
+        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for c in (cmd + ["--help"], cmd + tiny + ["--no-progress"])
+    ]
     (help_out, _), (run_out, run_err) = [p.communicate(timeout=120) for p in procs]
     assert procs[0].returncode == 0 and "--sixteen-site-plates" in help_out and "--missing-sites" in help_out
     assert procs[1].returncode == 0, run_err
