@@ -43,6 +43,7 @@ import argparse
 import hashlib
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from dinov2_cell.profiles import merge as merge_mod
@@ -232,7 +234,14 @@ def _sha256(path: str) -> str:
 
 def _training_dataset_kwargs(cfg) -> dict:
     """kwargs of the run's ``train.dataset_path`` (CPJUMP1 strings only); {} when absent or unparseable."""
-    dataset_str = str(cfg.get("train", {}).get("dataset_path", "") or "")
+    try:
+        # Resolving may fail: the paper configs hold `root=${oc.env:CPJUMP1_ROOT}`, unset at inference time. Only
+        # channels and normalisation are wanted, so an unresolvable root is replaced by a placeholder.
+        raw = OmegaConf.to_container(cfg.train, resolve=False).get("dataset_path", "") if "train" in cfg else ""
+        dataset_str = re.sub(r"\$\{[^}]*\}", "unresolved", str(raw or ""))
+    except Exception as e:
+        logger.warning("cannot read train.dataset_path (%s); channels from student.in_chans", e)
+        return {}
     if not dataset_str.startswith("CPJUMP1"):
         return {}
     try:
@@ -780,7 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align-by", default=None, help="comma-separated metadata columns grouping the alignment means")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers reading images")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="DataLoader workers reading/resizing images (default: min(8, CPUs) on CUDA, 0 on CPU)",
+    )
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp32")
     p.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1 files)")
     p.add_argument(
@@ -860,7 +874,7 @@ def run(args: argparse.Namespace) -> str:
         site_order=args.site_order,
         sites_per_well=sites,
         missing_sites=args.missing_sites,
-        num_workers=args.num_workers,
+        num_workers=_default_workers(args.num_workers, args.device),
         precision=args.precision,
         align_by=args.align_by.split(",") if args.align_by else None,
         metadata=args.metadata,
@@ -872,6 +886,14 @@ def run(args: argparse.Namespace) -> str:
         dataset_kwargs=dataset_kwargs,
         progress=not args.no_progress,
     )
+
+
+def _default_workers(requested: int | None, device: str | None) -> int:
+    if requested is not None:
+        return requested
+    cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    # On a GPU, reading 1080 px TIFFs in the main process would starve it; on CPU the model is the bottleneck.
+    return min(8, len(os.sched_getaffinity(0))) if cuda else 0
 
 
 def parse_dataset_opts(opts: Sequence[str] | None) -> dict:

@@ -155,6 +155,9 @@ def test_channels_and_normalisation_inherited_from_training_config(tmp_path):
     }
     with pytest.raises(ValueError, match="--data-root"):
         embed.parse_dataset_opts(["root=/y"])
+    # The paper configs hold root=${oc.env:CPJUMP1_ROOT}: an unset variable must not stop inference.
+    run = make_run(tmp_path / "p", 5, dataset_path="CPJUMP1:root=${oc.env:I6_SURELY_UNSET}:channels=fluo")
+    assert embed.load_teacher(run).channels == "fluo"
 
 
 def test_cli_help_and_tiny_run_on_synthetic_plates(tmp_path, runs):
