@@ -21,8 +21,9 @@ percentile_low     0.1                 lower percentile for percentile/plate
 percentile_high    99.9                upper percentile for percentile/plate
 bit_depth          16                  for ``bitdepth``
 plate_stats_sites  16                  sites sampled per plate for ``plate`` statistics
-illum              auto                ``auto`` | ``yes`` | ``no``: illumination correction from LoadData CSVs
-                                       (or the store) when present / required / never
+illum              auto                ``auto`` | ``yes`` | ``no``: illumination correction (division) from
+                                       ``FileName_Illum*`` columns or the store: when the files exist (a missing
+                                       one is logged and that channel left uncorrected) / required / never
 source             auto                ``auto`` | ``csv`` | ``scan``: how plates under root are indexed
 on_error           raise               ``raise`` | ``skip`` (bad sites/plates skipped, counted, logged)
 store              None                a prepared store (``python -m dinov2_cell.data.prepare``); plates it holds
@@ -218,7 +219,6 @@ class CPJUMP1Dataset(Dataset):
                 s = self._store.site_index(store_plates)
                 s["source"] = "store"
                 parts.append(s)
-        self._tiff_sites = None
         if root is not None:
             tiff_plates = None if plate_list is None else [p for p in plate_list if p not in store_plates]
             if tiff_plates is None or tiff_plates:
@@ -240,7 +240,6 @@ class CPJUMP1Dataset(Dataset):
                         long, self.channel_names, on_error=on_error, skips=self._skips, sites_per_well=sites_per_well
                     )
                     sites["source"] = "tiff"
-                    self._tiff_sites = sites
                     parts.append(sites)
         if not parts:
             line = "" if cell_line is None else f", cell_line={cell_line}"

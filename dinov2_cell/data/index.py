@@ -28,7 +28,8 @@ Checks (each raises :class:`~dinov2_cell.data.errors.DataIndexError` naming the 
 ``on_error="skip"`` drops and counts the bad item): a requested channel missing from a CSV, an unknown channel name,
 a site lacking some channel file, a plate with no sites, a (plate, well, site, channel) given twice, and wells with
 more sites than the plate's usual count (the most common highest site number over its wells, or ``sites_per_well``;
-wells with fewer sites are normal: CPJUMP1 has wells with 7 or 8 of 9 sites, and they are kept).
+wells with fewer sites are normal: CPJUMP1 has wells with 7 or 8 of 9 sites, and they are kept). With ``on_error="skip"`` an unusable LoadData CSV is counted and
+skipped, and (``source="auto"``) its plate is read from its Phenix folder when there is one.
 
 Canonical channel order: fluorescent ``DNA, ER, RNA, AGP, Mito`` then brightfield ``Brightfield, HighZBF, LowZBF``
 (``Brightfield`` is the in-focus plane, ``HighZBF`` / ``LowZBF`` the planes above / below focus).
@@ -433,9 +434,7 @@ def read_load_data_csv(
         illum_paths = pd.Series([""] * len(df), index=df.index, dtype=object)
         ifile, ipath = f"FileName_Illum{csv_name}", f"PathName_Illum{csv_name}"
         if illum != "no" and ifile in df.columns:
-            illum_paths = _join_paths(
-                df[ifile], df[need(ipath)], resolver, csv_path, ipath, keep, on_error, skips, "illum"
-            )
+            illum_paths = _illum_paths(df[ifile], df[need(ipath)], resolver, csv_path, keep, illum)
         elif illum == "yes":
             raise DataIndexError(f"{csv_path}: illum='yes' but there is no column {ifile}")
         pieces.append(
@@ -476,8 +475,31 @@ def _join_paths(files, dirs, resolver, csv_path, pcol, keep, on_error, skips, wh
     ok = keep & ~empty
     dir_vals = dirs.map(resolved)
     ok &= dir_vals.notna().to_numpy()
-    joined = dir_vals[ok].astype(str) + os.sep + files[ok].str.strip()
-    result[ok] = joined.map(os.path.normpath)
+    # resolved folders are already normalized; joining strings (no per-row normpath) keeps 600k-file batches fast
+    result[ok] = dir_vals[ok].astype(str) + os.sep + files[ok].str.strip()
+    return result
+
+
+def _illum_paths(files, dirs, resolver, csv_path, keep, illum: str) -> pd.Series:
+    # Illumination functions: few distinct files (one per plate and channel), so each is checked here. Gallery users
+    # often download images without the illum/ folder: with illum="auto" a missing function means no correction
+    # (logged), with illum="yes" it is an error naming the file.
+    result = pd.Series([""] * len(files), index=files.index, dtype=object)
+    f = files.str.strip()
+    usable = keep & (f != "").to_numpy()
+    if illum == "yes" and (keep & ~usable).any():
+        raise DataIndexError(f"{csv_path}: illum='yes' but column {files.name} is empty in some rows")
+    pairs = pd.DataFrame({"d": dirs, "f": f})[usable].drop_duplicates()
+    for d, name in pairs.itertuples(index=False):
+        folder = resolver(d)
+        path = None if folder is None else os.path.join(folder, name)
+        if path is None or not os.path.isfile(path):
+            msg = f"{csv_path}: illumination file {name} (column {files.name}, folder {d}) not found"
+            if illum == "yes":
+                raise DataIndexError(msg)
+            logger.warning("%s; reading without illumination correction (illum=auto; illum=yes makes it an error)", msg)
+            continue
+        result[usable & (dirs == d).to_numpy() & (f == name).to_numpy()] = path
     return result
 
 

@@ -12,7 +12,7 @@ Order of operations for one site (C x H x W):
      between plates and sites (exposure, staining, lamp), and a few hot pixels or debris are far brighter than cells.
      Percentiles map the camera offset and background to ~0 and the brightest cells to ~1, so the training noise
      model (Poisson shot noise on [0, 1] intensities plus a dark offset and Gaussian read noise, see
-     ``configs/cell_default_config.yaml``) sees a zero background and a full dynamic range in every channel,
+     ``dinov2_cell/configs/cell_default_config.yaml``) sees a zero background and a full dynamic range in every channel,
      while outliers saturate instead of compressing the signal. Trade-off: global intensity changes of a whole
      image are normalized away; use ``plate`` to keep them.
    * ``plate``: the same scaling with per-plate, per-channel percentiles pooled over a sample of the plate's sites

@@ -180,17 +180,28 @@ def test_duplicate_plate_folders(tiny, h, copy_of, caplog):
     assert "Measurement1" in CPJUMP1Dataset(root=tiny.out_dir, channels="DNA").file_paths(0)[0]
 
 
-def test_missing_illumination_file(synth, copy_of):
+def test_missing_illumination_file(synth, copy_of, caplog):
     import os
 
     root = copy_of(synth.out_dir)
     plate = synth.plates[0]
     illum = root / "illum" / "2020_11_04_CPJUMP1" / plate / f"{plate}_IllumDNA.npy"
     os.remove(illum)
-    ds = CPJUMP1Dataset(root=root, channels="DNA", plates=[plate])
-    with pytest.raises(DataReadError, match=f"missing illumination file: {illum}"):
-        ds.get_image(0)
-    assert CPJUMP1Dataset(root=root, channels="DNA", plates=[plate], illum="no").get_image(0).shape[0] == 1
+    with pytest.raises(DataIndexError, match=f"illumination file {illum.name} .*FileName_IllumDNA.* not found"):
+        CPJUMP1Dataset(root=root, channels="DNA", plates=[plate], illum="yes")
+    with caplog.at_level(logging.WARNING):
+        auto = CPJUMP1Dataset(root=root, channels="DNA,ER", plates=[plate])  # illum=auto: DNA uncorrected, logged
+    assert any(illum.name in r.getMessage() and "without illumination" in r.getMessage() for r in caplog.records)
+    raw = auto.read_raw(0).astype(np.float32)
+    ill = auto.illumination(0, raw.shape[1:])
+    assert np.all(ill[0] == 1) and not np.all(ill[1] == 1)
+    no = CPJUMP1Dataset(root=root, channels="DNA", plates=[plate], illum="no")
+    assert no.illumination(0, raw.shape[1:]) is None
+    # a function that exists at indexing time but is unreadable when read: error naming it
+    er = root / "illum" / "2020_11_04_CPJUMP1" / plate / f"{plate}_IllumER.npy"
+    er.write_bytes(b"junk")
+    with pytest.raises(DataReadError, match=f"cannot read illumination file {er}"):
+        CPJUMP1Dataset(root=root, channels="ER", plates=[plate]).get_image(0)
     with pytest.raises(DataIndexError, match="illum='yes' but there is no column FileName_IllumDNA"):
         CPJUMP1Dataset(root=root / "load_data_csv" / "2020_11_04_CPJUMP1" / plate / "load_data.csv", illum="yes")
 
