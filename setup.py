@@ -20,6 +20,7 @@ setup(
         "dinov2_cell.train",
         "dinov2_cell.run",
         "dinov2_cell.eval",
+        "dinov2_cell.profiles",
     ],
     package_dir={"dinov2_cell.patches": "patches"},
     package_data={"dinov2_cell": ["configs/*.yaml", "data/cpjump1/*"]},

@@ -19,6 +19,17 @@ TINY_BF = os.path.join(REPO, "configs", "tiny_cpu_bf.yaml")
 PYTHON = sys.executable
 torch.set_num_threads(2)
 
+# Variables that `dinov2.distributed.enable` exports into this process; a child must not inherit them (it would
+# join this process's rendezvous port and fail with EADDRINUSE).
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_JOB_ID")
+
+
+def child_env(**extra):
+    """Environment for subprocess tests: this one minus distributed variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
 
 def tiny_cfg(*overrides, config_file=TINY_FLUO):
     """The tiny CPU config (same merge path as production) with `key=value` overrides."""

@@ -8,7 +8,7 @@ import subprocess
 
 import torch
 
-from helpers import PYTHON, REPO, make_batch, tiny_cfg
+from helpers import PYTHON, REPO, child_env, make_batch, tiny_cfg
 
 
 def test_upstream_meta_arch_one_process():
@@ -40,8 +40,7 @@ def _free_port():
 
 def test_two_gloo_processes(tmp_path):
     """World size 2 shards (SHARD_GRAD_OP), so upstream's reshard path and the metric all-reduce really run."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_JOB_ID")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = child_env(OMP_NUM_THREADS=1)
     cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     cmd += [os.path.join(REPO, "tests", "train", "dist_worker.py"), str(tmp_path)]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -77,7 +76,7 @@ model = SSLMetaArch(cfg)
 model.prepare_for_distributed_training()
 do_train(cfg, model, resume=True)
 """
-    env = dict(os.environ, OMP_NUM_THREADS="2")
+    env = child_env(OMP_NUM_THREADS=2)
     logs = []
     for epochs in (2, 4):  # max_iter = epochs * OFFICIAL_EPOCH_LENGTH = 4, then 8
         proc = subprocess.run([PYTHON, "-c", script, str(epochs)], cwd=REPO, env=env, capture_output=True, text=True)
