@@ -8,5 +8,4 @@ mkdir -p .whl
 grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
 $PIP download -q --no-deps -d .whl dinov2==0.0.1.dev2 omegaconf==2.3.0 submitit==1.5.4 yacs==0.1.8 termcolor==3.3.0
 $PIP wheel -q --no-deps -w .whl fvcore==0.1.5.post20221221 iopath==0.1.10 antlr4-python3-runtime==4.9.3
-$PIP wheel -q --no-deps --no-build-isolation -w .whl .   # dinov2_cell itself (patches/ maps to dinov2_cell.patches)
 ls -la .whl

@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Parses arguments, then trains here or submits; returns the exit code."""
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)
     args.output_dir = os.path.abspath(args.output_dir or "output")
     if not args.slurm:
         from dinov2_cell.train.train import main as train_main

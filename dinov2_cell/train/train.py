@@ -42,12 +42,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --output-dir")
     parser.add_argument("--seed", type=int, default=0, help="random seed (each rank adds its rank)")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=None, help="config overrides, key=value ...")
+    parser.add_argument("opts", nargs="*", default=[], help="config overrides, key=value ... (anywhere on the line)")
     return parser
 
 
-def setup(args):
-    """Builds the config, checks the output dir, enables distributed mode, seeds, logs, writes config.yaml."""
+def prepare_config(args):
+    """Builds the config and checks the output dir; writes nothing (bad input fails before any file exists)."""
     args.output_dir = os.path.abspath(args.output_dir or "output")
     opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
     cfg = build_config(args.config_file, opts)
@@ -56,6 +56,11 @@ def setup(args):
         resuming = check_output_dir(cfg, args.output_dir)
         if resuming and args.no_resume:
             raise FileExistsError(f"--no-resume with an output dir that already holds this run: {args.output_dir}")
+    return cfg
+
+
+def setup(args, cfg):
+    """Enables distributed mode, seeds, logs, applies upstream's lr scaling rule and writes config.yaml."""
     os.makedirs(args.output_dir, exist_ok=True)
     default_setup(args)
     apply_scaling_rules_to_cfg(cfg)
@@ -86,13 +91,12 @@ def _prebuilt_dataset(dataset, *, dataset_str, transform=None, target_transform=
     return dataset
 
 
-def plug_cell_components(cfg, do_local_aggregation: bool):
-    """Makes upstream's `do_train` build the cell augmentation, the other-site collate and our dataset."""
+def plug_cell_components(cfg, dataset, do_local_aggregation: bool):
+    """Makes upstream's `do_train` build the cell augmentation, the other-site collate and use our dataset."""
     from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
     from dinov2_cell.augment.collate import collate_cell_data_and_cast
 
     augmentation = partial(CellDataAugmentation, other_site_view=do_local_aggregation, **cfg.augmentations)
-    dataset = build_training_dataset(cfg, transform=None)
     upstream_train.DataAugmentationDINO = augmentation
     upstream_train.collate_data_and_cast = collate_cell_data_and_cast
     upstream_train.make_dataset = partial(_prebuilt_dataset, dataset)
@@ -101,10 +105,12 @@ def plug_cell_components(cfg, do_local_aggregation: bool):
 
 def main(args) -> str:
     """Trains and returns the path of the final teacher checkpoint."""
-    cfg = setup(args)
+    cfg = prepare_config(args)
+    dataset = build_training_dataset(cfg, transform=None)  # wrong channels/paths fail before anything is written
+    setup(args, cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = LocalAggregationMetaArch(cfg)
-    plug_cell_components(cfg, model.do_local_aggregation)
+    plug_cell_components(cfg, dataset, model.do_local_aggregation)
     model = model.to(device)
     model.prepare_for_distributed_training()
     logger.info("Model:\n%s", model)
@@ -116,4 +122,4 @@ def main(args) -> str:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    main(get_args_parser().parse_intermixed_args())
