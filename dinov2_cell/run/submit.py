@@ -65,7 +65,9 @@ class TrainTask:
         """Called by submitit on preemption/timeout: resubmit the same task, which resumes from checkpoints."""
         import submitit
 
-        logger.info("requeuing %s (resumes from the last checkpoint in %s)", self.args.config_file, self.args.output_dir)
+        logger.info(
+            "requeuing %s (resumes from the last checkpoint in %s)", self.args.config_file, self.args.output_dir
+        )
         return submitit.helpers.DelayedSubmission(type(self)(self.args))
 
 

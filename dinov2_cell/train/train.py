@@ -15,6 +15,7 @@ import os
 from functools import partial
 
 import torch
+from omegaconf import OmegaConf
 
 import dinov2_cell  # noqa: F401  (patches upstream before dinov2.train is imported)
 import dinov2_cell.models  # noqa: F401  (registers the multi-channel builder)
@@ -66,7 +67,7 @@ def setup(args, cfg):
     apply_scaling_rules_to_cfg(cfg)
     if distributed.is_main_process():
         write_config(cfg, args.output_dir)
-    logger.info("config:\n%s", cfg)
+    logger.info("resolved config:\n%s", OmegaConf.to_yaml(cfg))
     return cfg
 
 
@@ -87,7 +88,9 @@ def build_training_dataset(cfg, transform):
 def _prebuilt_dataset(dataset, *, dataset_str, transform=None, target_transform=None):
     """Stands in for `make_dataset` inside `do_train`: the dataset is already built, only its transforms are set."""
     dataset.transform = transform
-    dataset.target_transform = empty_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
+    dataset.target_transform = (
+        empty_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
+    )
     return dataset
 
 

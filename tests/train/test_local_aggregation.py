@@ -46,7 +46,9 @@ def test_off_equals_upstream_losses_and_gradients():
 
 def test_on_adds_exact_terms_and_keeps_upstream_ones():
     # layerscale 1.0: at 1e-5 the blocks barely touch the CLS token, so all images would share one CLS token
-    cfg = tiny_cfg("local_aggregation.loss_weight=0.7", "local_aggregation.koleo_loss_weight=0.3", "student.layerscale=1.0")
+    cfg = tiny_cfg(
+        "local_aggregation.loss_weight=0.7", "local_aggregation.koleo_loss_weight=0.3", "student.layerscale=1.0"
+    )
     model = _unwrapped(LocalAggregationMetaArch, cfg)
     upstream = _unwrapped(SSLMetaArch, cfg)
     batch = make_batch(cfg, batch_size=5, other_site=True, seed=4)

@@ -88,4 +88,3 @@ do_train(cfg, model, resume=True)
         assert ckpt["iteration"] == epochs * 2 - 1
     assert "Starting training from iteration 0" in logs[0]
     assert "Starting training from iteration 4" in logs[1]  # right after the first run's last step (3)
-
