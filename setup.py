@@ -33,6 +33,7 @@ setup(
         "iopath>=0.1.9",
         "submitit>=1.5",
         "tifffile>=2023.7",
+        "imagecodecs>=2023.1",
         "scikit-learn>=1.3",
         "scipy>=1.10",
         "pandas>=2.0",
