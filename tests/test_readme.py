@@ -1,0 +1,53 @@
+"""README commands stay true: every `python -m` / `torchrun -m` / `slurm/launch.sh` line names a real entry point, and
+every `--flag` it uses is one that entry point accepts (the commands themselves run in the CLI tests and the demo)."""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from helpers import PYTHON, REPO, child_env
+
+README = open(os.path.join(REPO, "README.md")).read()
+BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+LINES = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _entry(line):
+    words = shlex.split(line.split("#")[0])
+    words = [w for w in words if "=" not in w or w.startswith("-")]  # drop VAR=value prefixes and key=value overrides
+    if "-m" in words and words[0] in ("python", "torchrun"):
+        return ("module", words[words.index("-m") + 1], words)
+    if words and words[0] == "slurm/launch.sh":
+        return ("launch", words[1], words)
+    return None
+
+
+ENTRIES = [e for e in map(_entry, LINES) if e]
+
+
+def test_readme_has_the_two_commands_and_they_exist():
+    assert "make demo" in README and "make test" in README
+    makefile = open(os.path.join(REPO, "Makefile")).read()
+    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    ci = open(os.path.join(REPO, ".ci", "run")).read()
+    assert "make test" in ci
+    assert len(ENTRIES) >= 8
+
+
+@pytest.mark.parametrize("kind,name,words", ENTRIES, ids=[" ".join(e[2][:4]) for e in ENTRIES])
+def test_readme_command_flags_exist(kind, name, words):
+    if kind == "module":
+        cmd = [PYTHON, "-m", name, "--help"]
+    else:
+        cmd = ["bash", os.path.join(REPO, "slurm", "launch.sh"), "--help"]
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    start = words.index(name) + 1  # flags after the entry point (torchrun's own come before it)
+    flags = [w.split("=")[0] for w in words[start:] if w.startswith("--")]
+    missing = [f for f in flags if f not in proc.stdout]
+    assert not missing, f"{' '.join(words)}: {missing} not in the --help of {name}"
+    for path in [w for w in words if w.startswith("configs/")]:
+        assert os.path.isfile(os.path.join(REPO, path)), path
