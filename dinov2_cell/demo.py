@@ -85,6 +85,14 @@ def generate(args, plates_dir: str) -> None:
     )
 
 
+def dataset_path(config_file: str, root: str) -> str:
+    """The config's dataset string with `root` pointed at the demo's plates (its other keys, e.g. normalize, kept)."""
+    from omegaconf import OmegaConf
+
+    tokens = str(OmegaConf.load(config_file).train.dataset_path).split(":")
+    return ":".join([tokens[0], f"root={root}"] + [t for t in tokens[1:] if not t.startswith("root=")])
+
+
 def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
     """Step 2: the four trainings, each through the user-facing CLI (resumes if interrupted)."""
     runs = {}
@@ -95,7 +103,7 @@ def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
             if os.path.isfile(os.path.join(out, "eval", "final", "teacher_checkpoint.pth")):
                 continue
             cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIGS[group], "--output-dir", out]
-            cmd.append(f"train.dataset_path=CPJUMP1:root={plates_dir}:channels={group}")
+            cmd.append(f"train.dataset_path={dataset_path(CONFIGS[group], plates_dir)}")
             if args.epochs is not None:
                 cmd.append(f"optim.epochs={args.epochs}")
             if weight is not None:
