@@ -34,6 +34,8 @@ MODELS = {
     "random_init": "random-init ViT (no training)",
     "classical": "classical intensity/texture features",
 }
+# Two plates per cell line (plate-wise folds become leave-one-plate-out); BR00117015 is imaged with 16 sites per well.
+DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
 
 
@@ -46,10 +48,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--plates", type=int, default=6, help="synthetic plates, alternating A549/U2OS (default 6)")
+    p.add_argument(
+        "--plates",
+        default=",".join(DEMO_PLATES),
+        help="synthetic plates: a count or comma-separated barcodes (default: 2 U2OS + 2 A549 plates, one of them a "
+        "real 16-site plate)",
+    )
     p.add_argument("--wells", type=int, default=48, help="wells per plate, DMSO included (default 48)")
     p.add_argument("--size", type=int, default=96, help="site size in pixels (default 96)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per model (default: the tiny configs')")
+    p.add_argument("--epochs", type=int, default=40, help="epochs of 10 iterations per model (default 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plates and of the random-init ViT")
     p.add_argument("--null-size", type=int, default=2000, help="copairs null size for the mAP p-values (default 2000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -76,7 +83,7 @@ def generate(args, plates_dir: str) -> None:
         return
     generate_plates(
         plates_dir,
-        plates=args.plates,
+        plates=int(args.plates) if str(args.plates).isdigit() else args.plates,
         wells=args.wells,
         size=args.size,
         missing_sites=0.1,
