@@ -95,18 +95,25 @@ def build_model_from_cfg(cfg, only_teacher: bool = False):
 
 
 def expand_patch_embed_weight(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """Maps a (D, 3, p, p) RGB patch-embed kernel to (D, in_chans, p, p).
+    """Maps a (D, 3, p, p) RGB patch-embed kernel to (D, in_chans, p, p), keeping the response to grey images.
 
-    Channel c takes RGB channel c mod 3, and the kernel is rescaled by 3 / in_chans so that an image with the same
-    intensity in every channel gives the same pre-activation as the RGB model did on a grey image.
+    Channel c copies RGB channel c mod 3, and each RGB kernel is divided by its number of copies (for fewer than 3
+    channels, RGB channel k is summed into channel k mod in_chans). So an image with the same intensity in every
+    channel gets exactly the patch embedding the RGB model gave a grey image of that intensity.
 
     Args:
         weight: the RGB kernel.
         in_chans: target channel count.
     """
     src = weight.shape[1]
-    idx = torch.arange(in_chans) % src
-    return weight[:, idx] * (src / in_chans)
+    if in_chans >= src:
+        idx = torch.arange(in_chans) % src
+        copies = torch.bincount(idx, minlength=src).to(weight.dtype)
+        return weight[:, idx] / copies[idx].view(1, -1, 1, 1)
+    out = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
+    for k in range(src):
+        out[:, k % in_chans] += weight[:, k]
+    return out
 
 
 def _resize_pos_embed(pos_embed: torch.Tensor, n_patches: int) -> torch.Tensor:
