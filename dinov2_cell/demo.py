@@ -177,7 +177,8 @@ def evaluate_all(args, paths: dict[str, str], out: str) -> dict:
     for name, path in paths.items():
         df = read_profiles(path)
         knn = evaluate(df)
-        mp = map_scores(df, null_size=args.null_size, seed=args.seed)
+        # all compounds for consistency: with ~40 compounds, few targets have two *active* ones
+        mp = map_scores(df, null_size=args.null_size, seed=args.seed, consistency_active_only=False)
         write_outputs(knn, os.path.join(out, name), map_result=mp, overwrite=True)
         labels = df.loc[df["Metadata_pert_iname"] != "DMSO", "Metadata_broad_sample"]
         results[name] = {
@@ -208,7 +209,7 @@ def format_results(results: dict) -> str:
     lines.append(f"{'chance (1 / number of compounds)':<40}{100 * chance:>9.1f}")
     lines.append(
         "kNN: top-1 compound accuracy %, DMSO omitted, plate-wise folds; mAP: % of compounds retrieved at "
-        "corrected p < 0.05 (activity: vs DMSO; consistency: same target)"
+        "corrected p < 0.05 (activity: vs DMSO; consistency: same target, all compounds)"
     )
     return "\n".join(lines)
 
