@@ -40,7 +40,7 @@ COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Demo options; the defaults fit 2 CPU cores and ~10 minutes."""
+    """Demo options; the defaults take about 3 minutes on 2 CPU cores."""
     p = argparse.ArgumentParser(
         prog="python -m dinov2_cell.demo",
         description=__doc__.split("\n\n")[0],
