@@ -5,18 +5,13 @@
    `cuda.synchronize` is a no-op when CUDA is absent. When: CPU only.
 2. `do_train` passes `target_transform=lambda _: ()`, which cannot be pickled for DataLoader workers started with
    spawn/forkserver ("Can't pickle local object 'do_train.<locals>.<lambda>'"). Fix: a `make_dataset` wrapper that
-   swaps any lambda for the module-level `empty_target`. When: GPU and CPU, `num_workers > 0` with spawn/forkserver.
+   swaps any lambda for the module-level `dinov2_cell.data.registry.discard_target`. When: GPU and CPU, `num_workers > 0` with spawn/forkserver.
 """
 
 import functools
 import types
 
 import torch
-
-
-def empty_target(_):
-    """Module-level (picklable) equivalent of upstream's `lambda _: ()`."""
-    return ()
 
 
 class _CudaWithoutDevice(types.SimpleNamespace):
@@ -42,7 +37,9 @@ def _wrap_make_dataset(original):
     @functools.wraps(original)
     def make_dataset(*, dataset_str, transform=None, target_transform=None):
         if getattr(target_transform, "__name__", "") == "<lambda>":
-            target_transform = empty_target
+            from dinov2_cell.data.registry import discard_target  # picklable `lambda _: ()`
+
+            target_transform = discard_target
         return original(dataset_str=dataset_str, transform=transform, target_transform=target_transform)
 
     make_dataset.__dinov2_cell_patched__ = True

@@ -42,12 +42,10 @@ def main(argv=None) -> int:
         return 0
 
     from dinov2_cell.run.submit import submit
-    from dinov2_cell.train.config import build_config, check_output_dir
+    from dinov2_cell.train.train import prepare_config
 
     logging.basicConfig(level=logging.INFO)
-    # Fail here, not in the queue: bad keys or a foreign output dir are reported before submission.
-    cfg = build_config(args.config_file, list(args.opts or []) + [f"train.output_dir={args.output_dir}"])
-    check_output_dir(cfg, args.output_dir)
+    prepare_config(args)  # fail here, not in the queue: bad keys or a foreign output dir, before submission
     job = submit(args)
     print(f"submitted job {job.job_id}: output in {args.output_dir}")
     if args.wait:

@@ -24,7 +24,7 @@ import dinov2.distributed as distributed
 import dinov2.train.train as upstream_train
 from dinov2.utils.config import apply_scaling_rules_to_cfg, default_setup
 
-from dinov2_cell.patches.train_train import empty_target
+from dinov2_cell.data.registry import discard_target
 from dinov2_cell.train.config import build_config, check_output_dir, write_config
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
 
@@ -75,7 +75,7 @@ def build_training_dataset(cfg, transform):
     """Builds the dataset once and checks its channel count against `student.in_chans`."""
     from dinov2.data import make_dataset
 
-    dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=transform, target_transform=empty_target)
+    dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=transform, target_transform=discard_target)
     n = getattr(dataset, "num_channels", None)
     if n is not None and n != cfg.student.in_chans:
         raise ValueError(
@@ -89,7 +89,7 @@ def _prebuilt_dataset(dataset, *, dataset_str, transform=None, target_transform=
     """Stands in for `make_dataset` inside `do_train`: the dataset is already built, only its transforms are set."""
     dataset.transform = transform
     dataset.target_transform = (
-        empty_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
+        discard_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
     )
     return dataset
 
