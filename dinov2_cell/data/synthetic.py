@@ -273,7 +273,12 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma_px: float) -> np.nd
 
 
 def render_site(
-    size: int, cell_line: str, effect: np.ndarray, rng: np.random.Generator, edge_well: bool = False
+    size: int,
+    cell_line: str,
+    effect: np.ndarray,
+    rng: np.random.Generator,
+    edge_well: bool = False,
+    truth: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Render the noise-free signal of one site (intensity units, before plate gain, illumination and noise).
 
@@ -283,6 +288,8 @@ def render_site(
         effect: the effect vector (compound + well effect).
         rng: the site's generator.
         edge_well: apply the mild edge-well effect (fewer cells).
+        truth: if given, receives ``n_cells`` (cells whose centre lies inside the image) and ``centres`` ((n, 2)
+            array of every placed centre, row/col in pixels, some just outside the image).
 
     Returns:
         Channel name -> float32 H x W signal (fluorescent: >= 0; brightfield: relative transmission around 1).
@@ -318,6 +325,10 @@ def render_site(
         p = rng.uniform(-0.04 * size, 1.04 * size, 2)
         if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 > min_d**2 for q in centres):
             centres.append(p)
+    if truth is not None:
+        pts = np.asarray(centres, dtype=np.float64).reshape(-1, 2)
+        truth["centres"] = pts
+        truth["n_cells"] = int(((pts >= 0) & (pts < size)).all(axis=1).sum())
     layers = {
         k: np.zeros((size, size), np.float32) for k in ("nuc", "cell", "er", "mito", "mem", "golgi", "dna", "rna")
     }
