@@ -9,26 +9,34 @@ Metadata_pert_iname, Metadata_target, Metadata_cell_line. DMSO wells have ``Meta
 empty ``Metadata_broad_sample`` (CPJUMP1 plate map convention); :func:`is_control` recognises both and also
 ``Metadata_broad_sample == "DMSO"`` as some published profiles spell it.
 
-Writes go to a temporary file in the destination folder and are renamed into place (``os.replace``), so a crash
-never leaves a half-written file under the final name; an existing file is never replaced unless ``overwrite``.
+Writes go through :mod:`dinov2_cell.atomic` (a temporary file in the destination folder renamed into place), so a
+crash never leaves a half-written file under the final name; an existing file is never replaced unless ``overwrite``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
-META_PREFIX = "Metadata_"
-PLATE, WELL, SITE = "Metadata_Plate", "Metadata_Well", "Metadata_Site"
-BROAD, PERT, TARGET, CELL_LINE = "Metadata_broad_sample", "Metadata_pert_iname", "Metadata_target", "Metadata_cell_line"
-PROFILE_METADATA = (PLATE, WELL, BROAD, PERT, TARGET, CELL_LINE)
-CONTROL_NAME = "DMSO"
+from dinov2_cell.atomic import atomic_path
+from dinov2_cell.cli import HelpFormatter  # noqa: F401  (re-exported: CLIs of this package import it from here)
+from dinov2_cell.columns import (  # noqa: F401  (re-exported: the profile table's vocabulary)
+    BROAD,
+    CELL_LINE,
+    CELL_LINES,
+    CONTROL_NAME,
+    META_PREFIX,
+    PERT,
+    PLATE,
+    PROFILE_METADATA,
+    SITE,
+    TARGET,
+    WELL,
+)
 
 
 def metadata_columns(df: pd.DataFrame) -> list[str]:
@@ -183,19 +191,6 @@ def read_profiles(profiles: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _tmp_path(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    return tmp
-
-
-def _refuse_existing(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it (pass overwrite=True / --overwrite)")
-
-
 def write_table(df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> str:
     """Write a table atomically as Parquet (``.parquet``) or CSV (``.csv``, ``.csv.gz``).
 
@@ -215,17 +210,11 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = Fal
     low = path.lower()
     if not (low.endswith(".parquet") or low.endswith(".csv") or low.endswith(".csv.gz")):
         raise ValueError(f"{path}: unknown table format (use .parquet, .csv or .csv.gz)")
-    _refuse_existing(path, overwrite)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         if low.endswith(".parquet"):
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False, compression="gzip" if low.endswith(".gz") else None)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -244,16 +233,10 @@ def write_json(obj, path: str | os.PathLike, overwrite: bool = False) -> str:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
     path = os.fspath(path)
-    _refuse_existing(path, overwrite)
-    tmp = _tmp_path(path)
-    try:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2, default=_json_default)
             f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -306,12 +289,3 @@ def write_submission(
         The path written.
     """
     return write_table(submission_table(df, feature_cols), path, overwrite=overwrite)
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """argparse formatter that shows ``(default: X)`` only for meaningful defaults (not None/False)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.help is None:
-            return action.help
-        return super()._get_help_string(action)

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from dinov2_cell.profiles.io import PLATE, PROFILE_METADATA, WELL, read_profiles, write_json, write_table
+from dinov2_cell.columns import META_PREFIX, PLATE, PROFILE_METADATA, WELL
+from dinov2_cell.profiles.io import read_profiles, write_json, write_table
 
 logger = logging.getLogger("dinov2_cell.profiles")
 
@@ -54,11 +55,21 @@ def parts_present(out_dir: str) -> list[str]:
     return sorted(f[: -len(".parquet")] for f in os.listdir(folder) if f.endswith(".parquet") and not f.startswith("."))
 
 
-def _diff(a, b, prefix=""):
+def config_differences(a, b, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like configs.
+
+    Args:
+        a: one config.
+        b: the other.
+        prefix: key prefix (recursion).
+
+    Returns:
+        The differing keys (a key absent on one side counts).
+    """
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
         for k in sorted(set(a) | set(b)):
-            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+            out += config_differences(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".")]
 
@@ -82,7 +93,7 @@ def check_run_config(out_dir: str, config: dict, overwrite: bool = False) -> Non
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        differing = _diff(saved, normalized)
+        differing = config_differences(saved, normalized)
         if not differing:
             return
         if not overwrite:
@@ -122,7 +133,7 @@ def well_metadata_for(plates: Sequence[str], metadata: pd.DataFrame | str | None
             if col not in meta.columns:
                 raise ValueError(f"metadata table: missing column {col}")
         meta = meta[meta[PLATE].astype(str).isin(plates)]
-    meta = meta[[c for c in meta.columns if str(c).startswith("Metadata_")]].copy()
+    meta = meta[[c for c in meta.columns if str(c).startswith(META_PREFIX)]].copy()
     meta[PLATE] = meta[PLATE].astype(str)
     meta[WELL] = meta[WELL].astype(str)
     if meta.duplicated([PLATE, WELL]).any():
@@ -158,8 +169,8 @@ def attach_metadata(wells: pd.DataFrame, metadata: pd.DataFrame) -> pd.DataFrame
             keys[c] = ""
     ordered = list(PROFILE_METADATA) + [c for c in meta_cols if c not in PROFILE_METADATA]
     # Metadata the well table brings itself (e.g. Metadata_n_sites) follows the joined metadata.
-    own_meta = [c for c in wells.columns if str(c).startswith("Metadata_") and c not in ordered]
-    features = wells.drop(columns=[c for c in wells.columns if str(c).startswith("Metadata_")])
+    own_meta = [c for c in wells.columns if str(c).startswith(META_PREFIX) and c not in ordered]
+    features = wells.drop(columns=[c for c in wells.columns if str(c).startswith(META_PREFIX)])
     parts = [
         keys[ordered].reset_index(drop=True),
         wells[own_meta].reset_index(drop=True),
