@@ -39,7 +39,7 @@ import tifffile
 import torch
 
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
-from dinov2_cell.data.index import FLUO_CHANNELS
+from dinov2_cell.data.names import FLUO_CHANNELS
 from dinov2_cell.data.prepare import prepare_store
 from dinov2_cell.data.synthetic import generate_plates
 

@@ -16,7 +16,7 @@ root               None                folder with LoadData CSVs and/or Phenix f
 plates             None (all found)    list: barcodes to use
 channels           fluo                ``fluo`` (DNA, ER, RNA, AGP, Mito), ``bf`` (Brightfield, HighZBF,
                                        LowZBF), ``all`` (fluo then bf), or a list of names
-normalize          percentile          ``percentile`` | ``plate`` | ``bitdepth`` (see ``normalize.py``)
+normalize          percentile          ``percentile`` | ``plate`` | ``bitdepth`` (see ``intensity.py``)
 percentile_low     0.1                 lower percentile for percentile/plate
 percentile_high    99.9                upper percentile for percentile/plate
 bit_depth          16                  for ``bitdepth``
@@ -37,7 +37,8 @@ seed               0                   seed of the site sample used for ``plate`
 
 Discovery: if ``root`` (or ``store``) holds ``store.json`` it is read as a prepared store; otherwise ``root`` is walked
 once for LoadData CSVs and Phenix folders and each plate is indexed from its CSV when it has one, else from its folder
-(details in ``index.py``). Samples are sorted by plate, well, site.
+(details in ``index.py``). Each plate gets one source (``sources.py``): the store when it holds the plate, else its
+TIFF files. Samples are sorted by plate, well, site.
 
 Samples: ``ds[i]`` returns ``(image_out, target)``. ``image_out`` is the float32 C x H x W tensor in [0, 1] when
 ``transform`` is None; ``transform(image, other_site=other)`` when the transform has ``wants_other_site = True`` (the
@@ -51,7 +52,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -63,46 +63,23 @@ from tqdm import tqdm
 
 from dinov2_cell.data import index as idx
 from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
-from dinov2_cell.data.normalize import (
+from dinov2_cell.data.intensity import (
     DEFAULT_PERCENTILES,
     Normalizer,
+    PercentileNormalizer,
     PlateNormalizer,
-    apply_illumination,
     make_normalizer,
     plate_bounds,
 )
-from dinov2_cell.data.readers import read_illum, read_tiff
+from dinov2_cell.data.loaddata import ILLUM_MODES
+from dinov2_cell.data.names import normalize_well, parse_channel_map, resolve_channels
 from dinov2_cell.data.registry import register_dataset, to_list, to_str_or_list
+from dinov2_cell.data.sources import PlateSource, open_sources
 from dinov2_cell.data.store import PlateStore, is_store
 
 logger = logging.getLogger("dinov2_cell.data")
 
 _MAX_SUBSTITUTIONS = 20
-
-
-def parse_channel_map(value: str | Mapping[int, str] | None) -> dict[int, str] | None:
-    """Parse ``"1/Mito,2/AGP,..."`` (or a dict) into {Phenix channel number: name}.
-
-    Args:
-        value: the string, a mapping, or None.
-
-    Returns:
-        The mapping, or None.
-
-    Raises:
-        ValueError: malformed item.
-    """
-    if value is None or isinstance(value, Mapping):
-        return None if value is None else {int(k): str(v) for k, v in value.items()}
-    out = {}
-    for item in str(value).split(","):
-        if not item.strip():
-            continue
-        num, sep, name = item.partition("/")
-        if not sep or not num.strip().isdigit() or not name.strip():
-            raise ValueError(f"channel_map item {item!r} is not NUMBER/NAME (e.g. 6/HighZBF)")
-        out[int(num)] = name.strip()
-    return out
 
 
 @register_dataset("CPJUMP1")
@@ -116,7 +93,7 @@ class CPJUMP1Dataset(Dataset):
         transform: image transform (see the module docstring for the ``wants_other_site`` protocol).
         target_transform: applied to the target dict.
         normalize: ``"percentile"`` (default), ``"plate"``, ``"bitdepth"``, or a
-            :class:`~dinov2_cell.data.normalize.Normalizer`.
+            :class:`~dinov2_cell.data.intensity.Normalizer`.
         percentile_low: lower percentile (percentile/plate).
         percentile_high: upper percentile (percentile/plate).
         bit_depth: bits for ``bitdepth``.
@@ -176,8 +153,8 @@ class CPJUMP1Dataset(Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.on_error = check_on_error(on_error)
-        if illum not in idx.ILLUM_MODES:
-            raise ValueError(f"illum must be one of {idx.ILLUM_MODES}, got {illum!r}")
+        if illum not in ILLUM_MODES:
+            raise ValueError(f"illum must be one of {ILLUM_MODES}, got {illum!r}")
         self.illum_mode = illum
         self._skips = SkipLog("CPJUMP1")
         if root is None and store is None:
@@ -187,77 +164,36 @@ class CPJUMP1Dataset(Dataset):
                 raise ValueError(f"root {root} is a store and store={store} is another one; give one of them")
             store, root = root, None
         plate_list = _as_list(plates)
-        well_list = None if wells is None else [idx.normalize_well(w) for w in _as_list(wells)]
         cmap = parse_channel_map(channel_map)
-        self._store = PlateStore(store) if store is not None else None
-        extra = list(self._store.channel_names) if self._store else []
-        extra += list(cmap.values()) if cmap else []
-        self.channel_names: list[str] = idx.resolve_channels(channels, extra=extra)
-
+        opened = PlateStore(store) if store is not None else None
+        extra = (list(opened.channel_names) if opened else []) + (list(cmap.values()) if cmap else [])
+        self.channel_names: list[str] = resolve_channels(channels, extra=extra)
+        line_plates = None
         if cell_line is not None:
-            plate_list = self._filter_cell_line(plate_list, cell_line)
-
-        parts = []
-        store_plates: list[str] = []
-        if self._store is not None:
-            missing = [c for c in self.channel_names if c not in self._store.channel_names]
-            if missing:
-                raise DataIndexError(
-                    f"store {self._store.path} lacks channel(s) {missing} (has {', '.join(self._store.channel_names)})"
-                )
-            wanted = list(self._store.plates) if plate_list is None else plate_list
-            if plate_list is None and cell_line is not None:
-                wanted = [p for p in wanted if p in self._cell_line_plates]
-            store_plates = [p for p in wanted if p in self._store.plates]
-            if root is None and len(store_plates) < len(wanted):
-                lacking = [p for p in wanted if p not in self._store.plates]
-                raise DataIndexError(
-                    f"plate(s) {lacking} not in store {self._store.path} "
-                    f"(complete plates: {', '.join(self._store.plates) or 'none'}); run prepare for them or give root="
-                )
-            if store_plates:
-                s = self._store.site_index(store_plates)
-                s["source"] = "store"
-                parts.append(s)
-        if root is not None:
-            tiff_plates = None if plate_list is None else [p for p in plate_list if p not in store_plates]
-            if tiff_plates is None or tiff_plates:
-                long = idx.index_plates(
-                    root,
-                    plates=tiff_plates,
-                    channels=self.channel_names,
-                    source=source,
-                    illum=illum,
-                    on_error=on_error,
-                    channel_map=cmap,
-                    skips=self._skips,
-                )
-                long = long[~long["Metadata_Plate"].isin(store_plates)]
-                if plate_list is None and cell_line is not None:
-                    long = long[long["Metadata_Plate"].isin(self._cell_line_plates)]
-                if len(long):
-                    sites = idx.site_table(
-                        long, self.channel_names, on_error=on_error, skips=self._skips, sites_per_well=sites_per_well
-                    )
-                    sites["source"] = "tiff"
-                    parts.append(sites)
-        if not parts:
+            plate_list, line_plates = _filter_cell_line(plate_list, cell_line)
+        self.sources: list[PlateSource] = open_sources(
+            root=root,
+            store=opened,
+            plates=plate_list,
+            channels=self.channel_names,
+            cell_line_plates=line_plates,
+            wells=None if wells is None else [normalize_well(w) for w in _as_list(wells)],
+            source=source,
+            illum=illum,
+            on_error=on_error,
+            channel_map=cmap,
+            sites_per_well=sites_per_well,
+            skips=self._skips,
+        )
+        if not self.sources:
             line = "" if cell_line is None else f", cell_line={cell_line}"
             raise DataIndexError(f"no sites to read (root={root}, store={store}, plates={plate_list}{line})")
-        table = pd.concat(parts, ignore_index=True)
-        if well_list is not None:
-            table = table[table["Metadata_Well"].isin(well_list)]
-            if table.empty:
-                raise DataIndexError(f"none of the wells {well_list} has sites")
-        table = table.sort_values(idx.SITE_KEYS, kind="stable").reset_index(drop=True)
-        self._build_arrays(table)
+        self._build_arrays()
         self._skips.log_summary()
 
         self.normalizer = make_normalizer(
             normalize, percentile_low=percentile_low, percentile_high=percentile_high, bit_depth=bit_depth
         )
-        self._illum_cache: OrderedDict = OrderedDict()
-        self._shape: dict[int, tuple] = {}
         if self.normalizer == "plate":
             self.normalizer = self._plate_normalizer(percentile_low, percentile_high, plate_stats_sites, seed)
         logger.info(
@@ -272,62 +208,23 @@ class CPJUMP1Dataset(Dataset):
     # ------------------------------------------------------------------------------------------------------------
     # Index
 
-    def _filter_cell_line(self, plate_list, cell_line):
-        from dinov2_cell.data import metadata as md
-
-        line = md._canonical_cell_line(cell_line)
-        exp = md.read_experiment_metadata()
-        self._cell_line_plates = sorted(set(exp.loc[exp["Cell_type"] == line, "Assay_Plate_Barcode"]))
-        if plate_list is None:
-            return None  # filtered once the plates under root / in the store are known
-        kept = [p for p in plate_list if p in self._cell_line_plates]
-        if not kept:
-            raise DataIndexError(f"none of the plates {plate_list} is a {line} plate")
-        return kept
-
-    def _build_arrays(self, table: pd.DataFrame) -> None:
-        # Compact per-site arrays (no per-site Python objects): cheap to pickle to DataLoader workers and free of
-        # the copy-on-read growth that lists of strings cause in forked workers.
-        self.index = table[idx.SITE_KEYS + ["source"]].copy()
-        self.plates = list(pd.unique(table["Metadata_Plate"]))
-        self._plate_code = pd.Categorical(table["Metadata_Plate"], categories=self.plates).codes.astype(np.int32)
-        n, c = len(table), len(self.channel_names)
-        self._is_store = (table["source"] == "store").to_numpy()
-        self._store_row = table["store_row"].fillna(-1).astype(np.int64).to_numpy() if "store_row" in table else None
-        self._dirs: list[str] = []
-        self._dir_idx = np.full((n, c), -1, dtype=np.int32)
-        self._names = np.zeros((n, c), dtype="S1")
-        self._illum_paths: list[str] = [""]
-        self._illum_idx = np.zeros((n, c), dtype=np.int32)
-        if (~self._is_store).any():
-            dir_codes: dict[str, int] = {}
-            ill_codes: dict[str, int] = {"": 0}
-            names = np.empty((n, c), dtype=object)
-            names[:] = b""
-            tiff = np.flatnonzero(~self._is_store)
-            for k, ch in enumerate(self.channel_names):
-                full = table[f"path_{ch}"].to_numpy()[tiff]
-                heads = [os.path.dirname(p) for p in full]
-                self._dir_idx[tiff, k] = [dir_codes.setdefault(h, len(dir_codes)) for h in heads]
-                names[tiff, k] = [os.path.basename(p).encode() for p in full]
-                ill = table[f"illum_{ch}"].fillna("").to_numpy()[tiff]
-                self._illum_idx[tiff, k] = [ill_codes.setdefault(p, len(ill_codes)) for p in ill]
-            self._dirs = list(dir_codes)
-            self._illum_paths = list(ill_codes)
-            self._names = names.astype(bytes)
-        if self._store is not None:
-            pos = [self._store.channel_names.index(ch) for ch in self.channel_names]
-            contiguous = pos == list(range(pos[0], pos[0] + len(pos)))
-            self._store_channels = slice(pos[0], pos[0] + len(pos)) if contiguous else pos
-            self._store_channel_pos = pos
-        # Well groups: rows are sorted by plate, well, site, so each well is one contiguous run.
+    def _build_arrays(self) -> None:
+        # Per-sample arrays: the source (= plate) and the row in it; well groups for the other-site choice. Sources
+        # are sorted by plate and their sites by well and site, so the table is sorted by plate, well, site.
+        self.plates = [src.plate for src in self.sources]
+        table = pd.concat([src.sites.assign(source=src.kind) for src in self.sources], ignore_index=True)
+        self.index = table[idx.SITE_KEYS + ["source"]]
+        sizes = [len(src.sites) for src in self.sources]
+        self._plate_code = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        self._row = np.concatenate([np.arange(k, dtype=np.int64) for k in sizes])
+        n = len(table)
         keys = table["Metadata_Plate"].astype(str) + "/" + table["Metadata_Well"].astype(str)
         change = np.r_[True, keys.to_numpy()[1:] != keys.to_numpy()[:-1]]
         starts = np.flatnonzero(change)
-        sizes = np.diff(np.r_[starts, n])
+        group_sizes = np.diff(np.r_[starts, n])
         group = np.cumsum(change) - 1
         self._group_start = starts[group].astype(np.int64)
-        self._group_size = sizes[group].astype(np.int64)
+        self._group_size = group_sizes[group].astype(np.int64)
 
     @property
     def samples(self) -> pd.DataFrame:
@@ -367,9 +264,10 @@ class CPJUMP1Dataset(Dataset):
 
     def file_paths(self, index: int) -> list[str]:
         """Image files of sample ``index`` in channel order (empty for store samples)."""
-        if self._is_store[index]:
-            return []
-        return [os.path.join(self._dirs[d], n.decode()) for d, n in zip(self._dir_idx[index], self._names[index])]
+        return self._source(index).file_paths(int(self._row[index]))
+
+    def _source(self, index: int) -> PlateSource:
+        return self.sources[int(self._plate_code[index])]
 
     # ------------------------------------------------------------------------------------------------------------
     # Reading
@@ -386,30 +284,28 @@ class CPJUMP1Dataset(Dataset):
         Raises:
             DataReadError: missing/unreadable file or wrong dtype/shape (names the file and the site).
         """
-        code = int(self._plate_code[index])
+        return self._with_site(index, lambda src, row: src.read_raw(row))
+
+    def read_corrected(self, index: int) -> np.ndarray:
+        """Sample ``index`` as the normaliser sees it: uint16, or float32 divided by its illumination functions.
+
+        Args:
+            index: sample index.
+
+        Returns:
+            C x H x W array (a fresh array the caller may modify).
+
+        Raises:
+            DataReadError: unreadable input (names the file and the site).
+        """
+        return self._with_site(index, lambda src, row: src.read(row))
+
+    def _with_site(self, index: int, fn):
         try:
-            if self._is_store[index]:
-                return self._store.read(self.plates[code], int(self._store_row[index]), self._store_channels)
-            return self._read_tiffs(index, code)
+            return fn(self._source(index), int(self._row[index]))
         except DataReadError as e:
             plate, well, site = self.site_key(index)
             raise DataReadError(f"sample {index} (plate {plate}, well {well}, site {site}): {e}", e.path) from e
-
-    def _read_tiffs(self, index: int, code: int) -> np.ndarray:
-        paths = self.file_paths(index)
-        shape = self._shape.get(code)
-        start = 0
-        if shape is None:
-            first = read_tiff(paths[0])
-            shape = self._shape[code] = first.shape
-            out = np.empty((len(paths),) + shape, dtype=np.uint16)
-            out[0] = first
-            start = 1
-        else:
-            out = np.empty((len(paths),) + shape, dtype=np.uint16)
-        for c in range(start, len(paths)):
-            read_tiff(paths[c], out=out[c], expected_shape=shape)
-        return out
 
     def illumination(self, index: int, shape) -> np.ndarray | None:
         """Illumination functions (C x H x W float32) of sample ``index``, or None when it has none.
@@ -421,32 +317,7 @@ class CPJUMP1Dataset(Dataset):
         Returns:
             The stacked functions (cached per plate; channels without a function get ones).
         """
-        if self.illum_mode == "no":
-            return None
-        if self._is_store[index]:
-            plate = self.plates[int(self._plate_code[index])]
-            key = ("store", plate)
-            if key not in self._illum_cache:
-                full = self._store.illum(plate)
-                self._remember(key, None if full is None else np.ascontiguousarray(full[self._store_channel_pos]))
-            return self._illum_cache[key]
-        key = tuple(int(k) for k in self._illum_idx[index])
-        if not any(key):
-            return None
-        if key not in self._illum_cache:
-            stack = np.ones((len(key),) + tuple(shape), dtype=np.float32)
-            for c, k in enumerate(key):
-                if k:
-                    stack[c] = read_illum(self._illum_paths[k], shape)
-            self._remember(key, stack)
-        return self._illum_cache[key]
-
-    def _remember(self, key, value) -> None:
-        # a few plates' worth of functions (8 x 1080 x 1080 float32 = 37 MB per plate)
-        self._illum_cache[key] = value
-        self._illum_cache.move_to_end(key)
-        while len(self._illum_cache) > 4:
-            self._illum_cache.popitem(last=False)
+        return self._with_site(index, lambda src, row: src.illumination(row, shape))
 
     def get_image(self, index: int) -> torch.Tensor:
         """The normalized image of sample ``index``.
@@ -460,10 +331,16 @@ class CPJUMP1Dataset(Dataset):
         Raises:
             DataReadError: unreadable input (names the file).
         """
-        raw = self.read_raw(index)
-        image = apply_illumination(raw, self.illumination(index, raw.shape[1:]))
+        image = self.read_corrected(index)
+        plate = self.plates[int(self._plate_code[index])]
+        norm = self.normalizer
+        if type(norm) is PercentileNormalizer and norm.stride is None:
+            # percentiles precomputed at prepare time (store sources) save the per-image estimate
+            p = self._source(index).site_percentiles(int(self._row[index]), (norm.low, norm.high))
+            if p is not None:
+                return norm.scale(image, p, inplace=True)
         # image is a fresh array owned here (raw read or division result): normalize it in place
-        return self.normalizer(image, self.plates[int(self._plate_code[index])], inplace=True)
+        return norm(image, plate, inplace=True)
 
     def other_site_index(self, index: int, rng: Any = None) -> int:
         """A uniformly random other site of the same plate and well (``index`` itself if the well has one site).
@@ -522,11 +399,6 @@ class CPJUMP1Dataset(Dataset):
             target = self.target_transform(target)
         return out, target
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_illum_cache"] = OrderedDict()
-        return state
-
     # ------------------------------------------------------------------------------------------------------------
 
     def _plate_normalizer(self, low: float, high: float, n_sites: int, seed: int) -> PlateNormalizer:
@@ -538,13 +410,11 @@ class CPJUMP1Dataset(Dataset):
             images = []
             for i in chosen:
                 try:
-                    raw = self.read_raw(int(i))
+                    images.append(self.read_corrected(int(i)))
                 except DataReadError as e:
                     if self.on_error == "raise":
                         raise
                     self._skips.record("unreadable samples (plate statistics)", str(e))
-                    continue
-                images.append(apply_illumination(raw, self.illumination(int(i), raw.shape[1:])))
             if not images:
                 raise DataIndexError(f"plate {plate}: no readable site to compute normalization statistics")
             bounds[plate] = plate_bounds(images, low, high)
@@ -555,6 +425,21 @@ class CPJUMP1Dataset(Dataset):
             f"CPJUMP1Dataset({len(self)} sites, {len(self.plates)} plates, channels={self.channel_names}, "
             f"normalizer={self.normalizer})"
         )
+
+
+def _filter_cell_line(plate_list, cell_line) -> tuple[list[str] | None, list[str]]:
+    # (the requested plates of this line, or None for "every plate found"; all plates of the line)
+    from dinov2_cell.data import metadata as md
+
+    line = md._canonical_cell_line(cell_line)
+    exp = md.read_experiment_metadata()
+    line_plates = sorted(set(exp.loc[exp["Cell_type"] == line, "Assay_Plate_Barcode"]))
+    if plate_list is None:
+        return None, line_plates
+    kept = [p for p in plate_list if p in line_plates]
+    if not kept:
+        raise DataIndexError(f"none of the plates {plate_list} is a {line} plate")
+    return kept, line_plates
 
 
 def _as_list(value) -> list[str] | None:

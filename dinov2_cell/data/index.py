@@ -1,23 +1,7 @@
-"""Index Cell Painting plates: (plate, well, site, channel) -> image file, from LoadData CSVs or Phenix folders.
+"""Index Cell Painting plates under a root: (plate, well, site, channel) -> image file, then one row per site.
 
-Two sources give the same index (a "long" table, one row per image file):
-
-* **CellProfiler LoadData CSVs** (``load_data.csv``, ``load_data_with_illum.csv``, optionally ``.gz``): columns
-  ``Metadata_Plate``, ``Metadata_Well`` (or ``Metadata_Row`` + ``Metadata_Col``), ``Metadata_Site`` (or
-  ``Metadata_Field``), and per channel ``FileName_Orig<Name>`` + ``PathName_Orig<Name>`` (optionally
-  ``FileName_Illum<Name>`` + ``PathName_Illum<Name>``). ``PathName`` values written on another machine (the
-  Cell Painting Gallery CSVs hold the original absolute paths or ``s3://`` URLs) are re-rooted: the longest trailing
-  part of the path that exists under ``root`` (then under the CSV's folder and its parents) is used, once per distinct
-  folder; failing that, the image folder found under ``root`` whose trailing path components match (e.g.
-  ``<BARCODE>__<timestamp>-Measurement1/Images``). Channels are named in the CSV, so there is no ambiguity about which
-  file is which channel.
-* **Raw Opera Phenix folders** (``<BARCODE>__<timestamp>-Measurement<N>/Images/rRRcCCfFFpPP-chNsk1fk1fl1.tiff``):
-  the plate barcode is the folder name before ``__``; rows r01..r16 -> A..P, columns c01..c24, sites f01..; only plane
-  p01 is used. Channel numbers map to names through :data:`PHENIX_CHANNELS`:
-  ch1 Mito, ch2 AGP, ch3 RNA, ch4 ER, ch5 DNA, ch6 HighZBF, ch7 LowZBF, ch8 Brightfield. The fluorescent channels
-  follow the CPJUMP1 acquisition (Alexa 647, 568, 488 long, 488, Hoechst); the order of the three brightfield planes
-  (ch6-ch8) is an ASSUMPTION that has not been confirmed; LoadData CSVs name the planes and remove the ambiguity
-  (pass ``channel_map`` to override).
+Two sources give the same index (a "long" table, one row per image file, columns :data:`INDEX_COLUMNS`): CellProfiler
+LoadData CSVs (``loaddata.py``) and raw Opera Phenix folders (``phenix.py``).
 
 Discovery (:func:`discover`): one walk of ``root`` (symlinks followed, hidden folders skipped) finds every LoadData CSV
 and every folder holding Phenix TIFFs. ``root`` may also be a single CSV file. With ``source="auto"`` each plate is
@@ -28,173 +12,38 @@ Checks (each raises :class:`~dinov2_cell.data.errors.DataIndexError` naming the 
 ``on_error="skip"`` drops and counts the bad item): a requested channel missing from a CSV, an unknown channel name,
 a site lacking some channel file, a plate with no sites, a (plate, well, site, channel) given twice, and wells with
 more sites than the plate's usual count (the most common highest site number over its wells, or ``sites_per_well``;
-wells with fewer sites are normal: CPJUMP1 has wells with 7 or 8 of 9 sites, and they are kept). With ``on_error="skip"`` an unusable LoadData CSV is counted and
-skipped, and (``source="auto"``) its plate is read from its Phenix folder when there is one.
-
-Canonical channel order: fluorescent ``DNA, ER, RNA, AGP, Mito`` then brightfield ``Brightfield, HighZBF, LowZBF``
-(``Brightfield`` is the in-focus plane, ``HighZBF`` / ``LowZBF`` the planes above / below focus).
-Groups: ``fluo`` (5), ``bf`` (3), ``all`` (8, fluo then bf), or an explicit comma-separated list of names.
+wells with fewer sites are normal: CPJUMP1 has wells with 7 or 8 of 9 sites, and they are kept). With
+``on_error="skip"`` an unusable LoadData CSV is counted and skipped, and (``source="auto"``) its plate is read from its
+Phenix folder when there is one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from dinov2_cell.data.errors import DataIndexError, SkipLog, check_on_error
+from dinov2_cell.data.loaddata import ILLUM_MODES, INDEX_COLUMNS, LOAD_DATA_NAMES, read_load_data_csv
+from dinov2_cell.data.names import (
+    PHENIX_CHANNELS,
+    PHENIX_RE,
+    parse_well,
+    phenix_filename,
+    plate_from_folder,
+    resolve_channels,
+)
+from dinov2_cell.data.phenix import scan_phenix_folder
 
 logger = logging.getLogger("dinov2_cell.data")
 
-FLUO_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
-BF_CHANNELS = ("Brightfield", "HighZBF", "LowZBF")
-ALL_CHANNELS = FLUO_CHANNELS + BF_CHANNELS
-CHANNEL_GROUPS = {"fluo": FLUO_CHANNELS, "bf": BF_CHANNELS, "all": ALL_CHANNELS}
-
-# Phenix channel number -> channel name (brightfield plane order ch6-ch8 assumed, not confirmed; see module docstring).
-PHENIX_CHANNELS = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA", 6: "HighZBF", 7: "LowZBF", 8: "Brightfield"}
-
-PHENIX_RE = re.compile(r"^r(\d+)c(\d+)f(\d+)p(\d+)-ch(\d+)sk\d+fk\d+fl\d+\.tiff?$", re.IGNORECASE)
-LOAD_DATA_NAMES = ("load_data_with_illum.csv", "load_data_with_illum.csv.gz", "load_data.csv", "load_data.csv.gz")
 SOURCES = ("auto", "csv", "scan")
-ILLUM_MODES = ("auto", "yes", "no")
-
-INDEX_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "channel", "path", "illum_path", "origin"]
 SITE_KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
-
-_ROW_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_WELL_RE = re.compile(r"^([A-Za-z]{1,2})0*(\d+)$")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Names
-
-
-def resolve_channels(channels: str | Sequence[str] | None, extra: Iterable[str] = ()) -> list[str]:
-    """Turn a channel spec into a list of channel names in the requested (or canonical group) order.
-
-    Args:
-        channels: ``"fluo"``, ``"bf"``, ``"all"``, a comma-separated string of names, or a list of names. Names are
-            matched case-insensitively to the canonical ones (:data:`ALL_CHANNELS`). ``None`` = ``"fluo"``.
-        extra: further valid names (e.g. non-standard channels found in a LoadData CSV).
-
-    Returns:
-        List of names.
-
-    Raises:
-        ValueError: unknown or repeated channel name (the message lists the valid names and groups).
-    """
-    if channels is None:
-        channels = "fluo"
-    if isinstance(channels, str):
-        key = channels.strip()
-        if key.lower() in CHANNEL_GROUPS:
-            return list(CHANNEL_GROUPS[key.lower()])
-        names = [c.strip() for c in key.split(",") if c.strip()]
-    else:
-        names = [str(c).strip() for c in channels]
-        if len(names) == 1 and names[0].lower() in CHANNEL_GROUPS:
-            return list(CHANNEL_GROUPS[names[0].lower()])
-    if not names:
-        raise ValueError("empty channel list")
-    known = {c.lower(): c for c in list(ALL_CHANNELS) + list(extra)}
-    out = []
-    for name in names:
-        canon = known.get(name.lower())
-        if canon is None:
-            raise ValueError(
-                f"unknown channel {name!r}; valid names: {', '.join(known.values())}; groups: "
-                f"{', '.join(CHANNEL_GROUPS)}"
-            )
-        if canon in out:
-            raise ValueError(f"channel {canon!r} requested twice in {channels!r}")
-        out.append(canon)
-    return out
-
-
-def well_name(row: int, col: int) -> str:
-    """Row/column numbers (1-based) -> well name, e.g. (1, 1) -> "A01", (16, 24) -> "P24".
-
-    Args:
-        row: 1-based row.
-        col: 1-based column.
-
-    Returns:
-        The well name.
-    """
-    if not 1 <= row <= 26 or col < 1:
-        raise ValueError(f"row {row} / column {col} out of range for a well name")
-    return f"{_ROW_LETTERS[row - 1]}{col:02d}"
-
-
-def parse_well(name: str) -> tuple[int, int]:
-    """Well name -> (row, col), 1-based; accepts "A01", "a1", "P24".
-
-    Args:
-        name: the well name.
-
-    Returns:
-        (row, col).
-
-    Raises:
-        ValueError: not a well name.
-    """
-    m = _WELL_RE.match(str(name).strip())
-    if not m or len(m.group(1)) != 1:
-        raise ValueError(f"not a well name: {name!r}")
-    return _ROW_LETTERS.index(m.group(1).upper()) + 1, int(m.group(2))
-
-
-def normalize_well(name: str) -> str:
-    """Canonical well name ("a1" -> "A01").
-
-    Args:
-        name: the well name.
-
-    Returns:
-        Canonical form.
-    """
-    return well_name(*parse_well(name))
-
-
-def phenix_filename(row: int, col: int, site: int, channel: int, plane: int = 1) -> str:
-    """The Opera Phenix file name of one image, e.g. ``r01c01f01p01-ch1sk1fk1fl1.tiff``.
-
-    Args:
-        row: 1-based row.
-        col: 1-based column.
-        site: 1-based field (site).
-        channel: Phenix channel number.
-        plane: z plane.
-
-    Returns:
-        The file name.
-    """
-    return f"r{row:02d}c{col:02d}f{site:02d}p{plane:02d}-ch{channel}sk1fk1fl1.tiff"
-
-
-def plate_from_folder(folder: str | os.PathLike) -> str:
-    """Plate barcode of a Phenix folder: ``.../BR00116991__2020-11-05T19_51_35-Measurement1/Images`` -> BR00116991.
-
-    Args:
-        folder: the folder holding the TIFFs (an ``Images`` folder is named after its parent).
-
-    Returns:
-        The barcode.
-    """
-    p = Path(folder)
-    name = p.parent.name if p.name.lower() == "images" else p.name
-    return name.split("__")[0]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Discovery
 
 
 @dataclass
@@ -269,301 +118,6 @@ def _pick_csvs(csvs: Sequence[Path], illum: str) -> list[Path]:
         chosen.append(named[0] if named else files[0])
         chosen.extend(f for f in files if f.name.lower() not in LOAD_DATA_NAMES)
     return chosen
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# LoadData CSVs
-
-
-class _DirResolver:
-    """Maps a PathName value (possibly from another machine, possibly s3://) to an existing local folder."""
-
-    def __init__(self, root: Path, csv_path: Path, known_dirs: Sequence[Path] = ()):
-        bases = [root if root.is_dir() else root.parent, csv_path.parent]
-        bases.extend(csv_path.parent.parents)
-        self.bases = list(dict.fromkeys(b for b in bases))
-        self.known_dirs = [Path(d) for d in known_dirs]
-        self.cache: dict[str, str | None] = {}
-
-    def __call__(self, value: str) -> str | None:
-        if value in self.cache:
-            return self.cache[value]
-        self.cache[value] = found = self._resolve(value)
-        return found
-
-    def _resolve(self, value: str) -> str | None:
-        text = value.strip()
-        if "://" in text:
-            text = text.split("://", 1)[1]
-        if text and os.path.isabs(text) and os.path.isdir(text):
-            return os.path.normpath(text)
-        parts = [p for p in re.split(r"[\\/]+", text) if p not in ("", ".")]
-        for base in self.bases:
-            if not parts:
-                return str(base)
-            for k in range(len(parts)):
-                cand = base.joinpath(*parts[k:])
-                if cand.is_dir():
-                    return str(cand)
-        # Last resort: an image folder found under root whose trailing components match (e.g. the
-        # "<BARCODE>__<timestamp>-Measurement1/Images" tail), if exactly one matches best.
-        best, best_k = [], 0
-        for d in self.known_dirs:
-            k = 0
-            while k < min(len(parts), len(d.parts)) and d.parts[-1 - k] == parts[-1 - k]:
-                k += 1
-            if k > best_k:
-                best, best_k = [d], k
-            elif k == best_k and k:
-                best.append(d)
-        if len(best) == 1 and any(p.lower() != "images" for p in parts[len(parts) - best_k :]):
-            return str(best[0])
-        return None
-
-
-def _csv_channel_columns(columns: Iterable[str], prefix: str) -> dict[str, str]:
-    # channel name as written in the CSV -> column
-    return {c[len(prefix) :]: c for c in columns if c.startswith(prefix) and len(c) > len(prefix)}
-
-
-def csv_channels(csv_path: str | os.PathLike) -> list[str]:
-    """Channel names a LoadData CSV provides (from its ``FileName_Orig<Name>`` columns).
-
-    Args:
-        csv_path: the CSV.
-
-    Returns:
-        Names, in column order.
-    """
-    cols = pd.read_csv(csv_path, nrows=0).columns
-    return list(_csv_channel_columns(cols, "FileName_Orig"))
-
-
-def read_load_data_csv(
-    csv_path: str | os.PathLike,
-    *,
-    channels: str | Sequence[str] | None = None,
-    root: str | os.PathLike | None = None,
-    illum: str = "auto",
-    plates: Sequence[str] | None = None,
-    on_error: str = "raise",
-    skips: SkipLog | None = None,
-    known_dirs: Sequence[str | os.PathLike] = (),
-) -> pd.DataFrame:
-    """Index one LoadData CSV.
-
-    Args:
-        csv_path: ``load_data.csv`` / ``load_data_with_illum.csv`` (or ``.gz``).
-        channels: channel spec (see :func:`resolve_channels`); ``None`` = every ``FileName_Orig*`` channel of the CSV.
-        root: folder used to re-root ``PathName`` values (default: the CSV's folder).
-        illum: ``auto`` (use ``FileName_Illum*`` columns when present), ``yes`` (require them), ``no`` (ignore).
-        plates: keep only these plates.
-        on_error: ``raise`` or ``skip`` (rows with an empty file name or an unresolvable folder are dropped).
-        skips: the :class:`SkipLog` to count skips in.
-        known_dirs: image folders found under root (:func:`discover`), matched by their trailing path components
-            when a ``PathName`` cannot be found under ``root``.
-
-    Returns:
-        Long index (:data:`INDEX_COLUMNS`), one row per (site, channel).
-
-    Raises:
-        DataIndexError: unreadable CSV, missing column, unresolvable folder, bad site/well value (names the CSV and
-            the column).
-    """
-    csv_path = Path(csv_path).resolve()
-    check_on_error(on_error)
-    skips = skips or SkipLog("LoadData index")
-    try:
-        df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except Exception as e:  # pandas raises many types for corrupt/empty files; report them with the file name
-        raise DataIndexError(f"cannot read LoadData CSV {csv_path}: {e}") from e
-    if df.empty:
-        raise DataIndexError(f"LoadData CSV {csv_path} has no rows (empty plate)")
-    cols = list(df.columns)
-
-    def need(*names: str) -> str:
-        for n in names:
-            if n in df.columns:
-                return n
-        raise DataIndexError(f"{csv_path}: missing column {' or '.join(names)} (has: {', '.join(cols)})")
-
-    plate_col = need("Metadata_Plate")
-    if "Metadata_Well" in df.columns:
-        wells_raw = df["Metadata_Well"]
-        try:
-            wells = wells_raw.map(normalize_well)
-        except ValueError as e:
-            raise DataIndexError(f"{csv_path}: column Metadata_Well: {e}") from e
-    else:
-        row_col, col_col = need("Metadata_Row"), need("Metadata_Col")
-        try:
-            wells = pd.Series(
-                [well_name(int(r), int(c)) for r, c in zip(df[row_col], df[col_col])], index=df.index, dtype=object
-            )
-        except ValueError as e:
-            raise DataIndexError(f"{csv_path}: columns Metadata_Row/Metadata_Col: {e}") from e
-    site_col = need("Metadata_Site", "Metadata_Field")
-    try:
-        sites = df[site_col].astype(int)
-    except ValueError as e:
-        raise DataIndexError(f"{csv_path}: column {site_col} must hold integers: {e}") from e
-
-    orig = _csv_channel_columns(cols, "FileName_Orig")
-    lower_to_csv = {k.lower(): k for k in orig}
-    wanted = list(orig) if channels is None else resolve_channels(channels, extra=orig)
-    if illum not in ILLUM_MODES:
-        raise ValueError(f"illum must be one of {ILLUM_MODES}, got {illum!r}")
-    resolver = _DirResolver(Path(root).resolve() if root is not None else csv_path.parent, csv_path, known_dirs)
-
-    keep = np.ones(len(df), dtype=bool)
-    if plates is not None:
-        keep &= df[plate_col].isin(list(plates)).to_numpy()
-    if not keep.any():
-        return pd.DataFrame(columns=INDEX_COLUMNS)
-
-    pieces = []
-    for ch in wanted:
-        csv_name = lower_to_csv.get(ch.lower())
-        if csv_name is None:
-            raise DataIndexError(
-                f"{csv_path}: channel {ch!r} missing: no column FileName_Orig{ch} "
-                f"(channels in this CSV: {', '.join(orig) or 'none'})"
-            )
-        fcol, pcol = f"FileName_Orig{csv_name}", need(f"PathName_Orig{csv_name}")
-        paths = _join_paths(df[fcol], df[pcol], resolver, csv_path, pcol, keep, on_error, skips, "image")
-        illum_paths = pd.Series([""] * len(df), index=df.index, dtype=object)
-        ifile, ipath = f"FileName_Illum{csv_name}", f"PathName_Illum{csv_name}"
-        if illum != "no" and ifile in df.columns:
-            illum_paths = _illum_paths(df[ifile], df[need(ipath)], resolver, csv_path, keep, illum)
-        elif illum == "yes":
-            raise DataIndexError(f"{csv_path}: illum='yes' but there is no column {ifile}")
-        pieces.append(
-            pd.DataFrame(
-                {
-                    "Metadata_Plate": df[plate_col],
-                    "Metadata_Well": wells,
-                    "Metadata_Site": sites,
-                    "channel": ch,
-                    "path": paths,
-                    "illum_path": illum_paths,
-                    "origin": str(csv_path),
-                }
-            )[keep]
-        )
-    out = pd.concat(pieces, ignore_index=True)
-    return out[out["path"].notna()].reset_index(drop=True)
-
-
-def _join_paths(files, dirs, resolver, csv_path, pcol, keep, on_error, skips, what) -> pd.Series:
-    result = pd.Series([None] * len(files), index=files.index, dtype=object)
-    fcol = files.name
-    empty = (files.str.strip() == "").to_numpy() & keep
-    if empty.any():
-        first = int(np.flatnonzero(empty)[0])
-        msg = f"{csv_path}: column {fcol} is empty in {int(empty.sum())} row(s) (first: data row {first + 1})"
-        if on_error == "raise":
-            raise DataIndexError(msg)
-        skips.record(f"sites without {what} file", msg, int(empty.sum()))
-    resolved = {d: resolver(d) for d in pd.unique(dirs[keep & ~empty])}
-    for d, r in resolved.items():
-        if r is None:
-            n = int(((dirs == d).to_numpy() & keep & ~empty).sum())
-            msg = f"{csv_path}: folder {d!r} of column {pcol} not found (tried it under {resolver.bases[0]} and the CSV's folders)"
-            if on_error == "raise":
-                raise DataIndexError(msg)
-            skips.record(f"sites with missing {what} folder", msg, n)
-    ok = keep & ~empty
-    dir_vals = dirs.map(resolved)
-    ok &= dir_vals.notna().to_numpy()
-    # resolved folders are already normalized; joining strings (no per-row normpath) keeps 600k-file batches fast
-    result[ok] = dir_vals[ok].astype(str) + os.sep + files[ok].str.strip()
-    return result
-
-
-def _illum_paths(files, dirs, resolver, csv_path, keep, illum: str) -> pd.Series:
-    # Illumination functions: few distinct files (one per plate and channel), so each is checked here. Gallery users
-    # often download images without the illum/ folder: with illum="auto" a missing function means no correction
-    # (logged), with illum="yes" it is an error naming the file.
-    result = pd.Series([""] * len(files), index=files.index, dtype=object)
-    f = files.str.strip()
-    usable = keep & (f != "").to_numpy()
-    if illum == "yes" and (keep & ~usable).any():
-        raise DataIndexError(f"{csv_path}: illum='yes' but column {files.name} is empty in some rows")
-    pairs = pd.DataFrame({"d": dirs, "f": f})[usable].drop_duplicates()
-    for d, name in pairs.itertuples(index=False):
-        folder = resolver(d)
-        path = None if folder is None else os.path.join(folder, name)
-        if path is None or not os.path.isfile(path):
-            msg = f"{csv_path}: illumination file {name} (column {files.name}, folder {d}) not found"
-            if illum == "yes":
-                raise DataIndexError(msg)
-            logger.warning("%s; reading without illumination correction (illum=auto; illum=yes makes it an error)", msg)
-            continue
-        result[usable & (dirs == d).to_numpy() & (f == name).to_numpy()] = path
-    return result
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Phenix folders
-
-
-def scan_phenix_folder(
-    folder: str | os.PathLike,
-    files: Sequence[str] | None = None,
-    *,
-    plate: str | None = None,
-    channels: str | Sequence[str] | None = None,
-    channel_map: Mapping[int, str] | None = None,
-    on_error: str = "raise",
-    skips: SkipLog | None = None,
-) -> pd.DataFrame:
-    """Index one Phenix image folder.
-
-    Args:
-        folder: folder with ``rRRcCCfFFpPP-chN...tiff`` files.
-        files: its file names (listed when ``None``).
-        plate: barcode (default: from the folder name, :func:`plate_from_folder`).
-        channels: channel spec; ``None`` = every mapped channel present.
-        channel_map: Phenix channel number -> name (default :data:`PHENIX_CHANNELS`).
-        on_error: ``raise`` or ``skip`` (files of planes other than p01 are then dropped and counted).
-        skips: the :class:`SkipLog` to count skips in.
-
-    Returns:
-        Long index (:data:`INDEX_COLUMNS`).
-
-    Raises:
-        DataIndexError: planes other than p01 (z-stacks are not supported).
-    """
-    folder = Path(folder).resolve()
-    skips = skips or SkipLog("Phenix index")
-    cmap = dict(PHENIX_CHANNELS if channel_map is None else channel_map)
-    if files is None:
-        files = sorted(f for f in os.listdir(folder) if PHENIX_RE.match(f))
-    plate = plate or plate_from_folder(folder)
-    wanted = None if channels is None else set(resolve_channels(channels, extra=cmap.values()))
-    rows, other_planes = [], []
-    for name in files:
-        m = PHENIX_RE.match(name)
-        if m is None:
-            continue
-        r, c, f, p, ch = (int(g) for g in m.groups())
-        if p != 1:
-            other_planes.append(name)
-            continue
-        ch_name = cmap.get(ch)
-        if ch_name is None or (wanted is not None and ch_name not in wanted):
-            continue
-        rows.append((plate, well_name(r, c), f, ch_name, str(folder / name)))
-    if other_planes:
-        msg = f"{folder}: {len(other_planes)} file(s) of z-planes other than p01 (e.g. {other_planes[0]}); only p01 is read"
-        if on_error == "raise":
-            raise DataIndexError(msg + " (z-stacks are not supported; use on_error=skip to ignore them)")
-        skips.record("files of other z-planes", msg, len(other_planes))
-    out = pd.DataFrame(rows, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", "channel", "path"])
-    out["Metadata_Site"] = out["Metadata_Site"].astype(int)
-    out["illum_path"] = ""
-    out["origin"] = str(folder)
-    return out[INDEX_COLUMNS]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from dinov2_cell.data import index as idx
 from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
+from dinov2_cell.data.loaddata import ILLUM_MODES
+from dinov2_cell.data.names import resolve_channels
 from dinov2_cell.data.store import init_store, plate_is_complete, write_plate
 
 logger = logging.getLogger("dinov2_cell.data")
@@ -61,7 +63,7 @@ def prepare_store(
     """
     check_on_error(on_error)
     skips = SkipLog("prepare")
-    names = idx.resolve_channels(channels)
+    names = resolve_channels(channels)
     long = idx.index_plates(
         root, plates=plates, channels=names, source=source, illum=illum, on_error=on_error, skips=skips
     )
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plates", default=None, help="comma-separated barcodes (default: every plate found)")
     p.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
     p.add_argument("--source", default="auto", choices=idx.SOURCES, help="index plates from CSVs, folders, or both")
-    p.add_argument("--illum", default="auto", choices=idx.ILLUM_MODES, help="copy illumination functions")
+    p.add_argument("--illum", default="auto", choices=ILLUM_MODES, help="copy illumination functions")
     p.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="on unreadable input")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p

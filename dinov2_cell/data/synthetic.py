@@ -62,7 +62,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from dinov2_cell.data import metadata as md
-from dinov2_cell.data.index import ALL_CHANNELS, FLUO_CHANNELS, PHENIX_CHANNELS, parse_well, phenix_filename
+from dinov2_cell.data.names import ALL_CHANNELS, FLUO_CHANNELS, PHENIX_CHANNELS, parse_well, phenix_filename
 
 logger = logging.getLogger("dinov2_cell.data")
 
@@ -160,7 +160,7 @@ def select_wells(wells: int | str | Sequence[str] | None = DEFAULT_WELLS) -> lis
     if isinstance(wells, str) and not wells.strip().isdigit():
         wells = [w for w in wells.split(",") if w.strip()]
     if not isinstance(wells, (int, np.integer)) and not (isinstance(wells, str) and wells.strip().isdigit()):
-        from dinov2_cell.data.index import normalize_well
+        from dinov2_cell.data.names import normalize_well
 
         names = sorted({normalize_well(w) for w in wells})
         unknown = [w for w in names if w not in set(layout["Metadata_Well"])]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from dinov2_cell.data.index import PHENIX_CHANNELS, phenix_filename
+from dinov2_cell.data.names import PHENIX_CHANNELS, phenix_filename
 from dinov2_cell.data.synthetic import generate_plates
 
 U2OS_PLATE = "BR00116995"

@@ -10,7 +10,7 @@ import tifffile
 
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.data.errors import DataIndexError, DataReadError
-from dinov2_cell.data.index import phenix_filename
+from dinov2_cell.data.names import phenix_filename
 from dinov2_cell.data.readers import read_tiff
 
 

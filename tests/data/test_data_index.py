@@ -9,18 +9,16 @@ import pytest
 
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.data.errors import DataIndexError
-from dinov2_cell.data.index import (
+from dinov2_cell.data.index import discover, index_plates, site_table
+from dinov2_cell.data.loaddata import read_load_data_csv
+from dinov2_cell.data.names import (
     ALL_CHANNELS,
     BF_CHANNELS,
     FLUO_CHANNELS,
-    discover,
-    index_plates,
     normalize_well,
     phenix_filename,
     plate_from_folder,
-    read_load_data_csv,
     resolve_channels,
-    site_table,
 )
 
 KEY = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "channel", "path"]

@@ -11,7 +11,8 @@ import tifffile
 
 from dinov2_cell.data import metadata as md
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
-from dinov2_cell.data.index import PHENIX_RE, discover
+from dinov2_cell.data.index import discover
+from dinov2_cell.data.names import PHENIX_RE
 from dinov2_cell.data.synthetic import (
     REAL_SIXTEEN_SITE_PLATES,
     compound_effect,

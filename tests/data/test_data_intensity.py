@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinov2_cell.data.normalize import (
+from dinov2_cell.data.intensity import (
     BitDepthNormalizer,
     PercentileNormalizer,
     PlateNormalizer,

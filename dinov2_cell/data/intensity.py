@@ -185,8 +185,20 @@ class PercentileNormalizer(Normalizer):
         self.stride = stride
 
     def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
-        p = channel_percentiles(image, (self.low, self.high), self.stride)
-        return scale_to_unit(image, p[:, 0], p[:, 1], inplace)
+        return self.scale(image, channel_percentiles(image, (self.low, self.high), self.stride), inplace)
+
+    def scale(self, image: np.ndarray, percentiles: np.ndarray, inplace: bool = False) -> torch.Tensor:
+        """Scale with this image's (low, high) percentiles already known (e.g. precomputed by a prepared store).
+
+        Args:
+            image: C x H x W array.
+            percentiles: (C, 2) array of the image's ``low`` and ``high`` percentiles per channel.
+            inplace: a float32 ``image`` may be overwritten.
+
+        Returns:
+            float32 tensor C x H x W in [0, 1].
+        """
+        return scale_to_unit(image, percentiles[:, 0], percentiles[:, 1], inplace)
 
 
 class BitDepthNormalizer(Normalizer):
