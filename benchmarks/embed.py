@@ -19,7 +19,9 @@ import time
 
 import torch
 
-import dinov2_cell  # noqa: F401  (patches upstream first)
+from dinov2_cell.plugin import install
+
+install()  # the same upstream patches the embedding CLI's model loading applies
 from dinov2_cell.embed import PRECISIONS, TeacherModel, embed_dataset, prepare_image, site_features
 from dinov2_cell.models.multichannel_vit import build_model
 from dinov2_cell.train.config import build_config

@@ -25,7 +25,7 @@ else
   CFG=configs/cpjump1_vits14_fluo.yaml; SIZE=256; G1=224; G2=518; L=98; B=32; NW=12
   STEP_ARGS=(--batch 32 --iters 10 --warmup 3 crops.global_crops_size=518 crops.local_crops_size=98)
 fi
-$PY -c "import torch, dinov2_cell; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/summary.txt"
+$PY -c "import torch; from dinov2_cell.plugin import install; install(); print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/summary.txt"
 
 log "synthetic plates (2 plates x 48 wells x 9 sites, ${SIZE} px)"
 $PY -m dinov2_cell.data.synthetic --out "$W/plates" --plates 2 --wells 48 --size $SIZE --workers 8 --no-progress >/dev/null || exit 1

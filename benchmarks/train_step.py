@@ -18,8 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-import dinov2_cell  # noqa: E402,F401
-import dinov2_cell.models  # noqa: E402,F401
+from dinov2_cell.plugin import install  # noqa: E402
+
+install()  # patches and rebindings before upstream's training code is imported
 import dinov2.distributed as distributed  # noqa: E402
 from dinov2.train.ssl_meta_arch import SSLMetaArch  # noqa: E402
 from dinov2.train.train import build_optimizer  # noqa: E402

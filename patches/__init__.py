@@ -2,7 +2,8 @@
 CUDA or CPU, with or without xFormers. No file in site-packages is edited: each module replaces names at run time.
 
 One module per upstream module changed; each docstring names what it replaces, the failure it fixes and when it
-applies. `apply()` installs them all, is idempotent, and is called by `import dinov2_cell`.
+applies. `apply()` installs them all and is idempotent; `dinov2_cell.plugin.install()` calls it (importing a
+dinov2_cell module applies nothing).
 """
 
 import importlib.metadata

@@ -1,9 +1,11 @@
-"""Root conftest: patches upstream before any test imports it; shared helpers live in `tests/helpers.py`."""
+"""Root conftest: plugs dinov2_cell into upstream (`install()`) before any test imports upstream's training code;
+shared helpers live in `tests/helpers.py`."""
 
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import dinov2_cell  # noqa: E402,F401  (patches upstream first)
-import dinov2_cell.models  # noqa: E402,F401
+from dinov2_cell.plugin import install  # noqa: E402
+
+install()

@@ -8,9 +8,9 @@ from functools import partial
 
 import torch
 
-import dinov2_cell  # noqa: F401  (patches upstream first)
-import dinov2_cell.models  # noqa: F401
+from dinov2_cell.plugin import install
 
+install()  # upstream's training code, imported by the tests, needs the patches and the plugin's rebindings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLUO = os.path.join(REPO, "configs", "tiny_cpu_fluo.yaml")
 TINY_BF = os.path.join(REPO, "configs", "tiny_cpu_bf.yaml")
@@ -33,8 +33,6 @@ def child_env(**extra):
 
 def tiny_cfg(*overrides, config_file=TINY_FLUO):
     """The tiny CPU config (same merge path as production) with `key=value` overrides."""
-    import dinov2_cell  # noqa: F401
-    import dinov2_cell.models  # noqa: F401
     from dinov2_cell.train.config import build_config
 
     cfg = build_config(config_file, list(overrides))

@@ -1,3 +1,2 @@
-"""Data: importing registers the CPJUMP1 dataset into the dataset-string registry that upstream's loader consults."""
-
-from dinov2_cell.data import cpjump1_dataset  # noqa: F401  (registers "CPJUMP1")
+"""Data: CPJUMP1 sites as training samples, the dataset-string registry upstream's loader consults (once
+`dinov2_cell.plugin.install()` has run), indexing, reading and normalisation."""

@@ -21,6 +21,7 @@ Dataset-string grammar: ``NAME:key=value:key=value``.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from typing import Any, Callable
@@ -29,6 +30,10 @@ logger = logging.getLogger("dinov2_cell.data")
 
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 _CONVERTERS: dict[str, dict[str, Callable[[str], Any]]] = {}
+
+# Built-in datasets, imported only when their name is first looked up: the registry never imports its clients (a
+# dataset module imports this one to register itself), and parsing another name imports nothing.
+BUILTIN_DATASETS: dict[str, str] = {"CPJUMP1": "dinov2_cell.data.cpjump1_dataset:CPJUMP1Dataset"}
 
 # Keys upstream's make_dataset always passes itself: never accepted from the string.
 _RESERVED = ("transform", "target_transform")
@@ -84,7 +89,8 @@ def registered_datasets() -> dict[str, Callable[..., Any]]:
     Returns:
         A new dict.
     """
-    _ensure_builtin()
+    for name in BUILTIN_DATASETS:
+        _ensure_builtin(name)
     return dict(_REGISTRY)
 
 
@@ -101,9 +107,9 @@ def parse_dataset_str(dataset_str: str) -> tuple[Callable[..., Any], dict[str, A
         ValueError: malformed token, unknown key, duplicated key or a value its converter rejects; the message names
             the key and the dataset string.
     """
-    _ensure_builtin()
     tokens = dataset_str.split(":")
     name = tokens[0]
+    _ensure_builtin(name)
     class_ = _REGISTRY.get(name)
     if class_ is None:
         return None
@@ -182,11 +188,12 @@ def to_str_or_list(value: str) -> str | list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _ensure_builtin() -> None:
-    # Importing the dataset module registers it; done lazily so that the lead's loader patch (which imports only this
-    # module) sees CPJUMP1 without depending on dinov2_cell.data.__init__.
-    if "CPJUMP1" not in _REGISTRY:
-        import dinov2_cell.data.cpjump1_dataset  # noqa: F401
+def _ensure_builtin(name: str) -> None:
+    target = BUILTIN_DATASETS.get(name)
+    if target is None or name in _REGISTRY:
+        return
+    module_name, attr = target.split(":")
+    register_dataset(name)(getattr(importlib.import_module(module_name), attr))
 
 
 def _qualname(obj) -> str:

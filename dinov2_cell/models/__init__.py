@@ -1,3 +1,2 @@
-"""Models: importing registers the multi-channel builder and the tiny archs into upstream."""
-
-from dinov2_cell.models import multichannel_vit  # noqa: F401  (registers)
+"""Models: the multi-channel ViT builder and the tiny architectures (plugged into upstream by
+`dinov2_cell.plugin.install()`)."""

@@ -2,9 +2,9 @@
 
 Upstream's `build_model` always builds a 3-channel patch embed. This module's `build_model_from_cfg` is the same
 construction with `in_chans` taken from the config (`student.in_chans`: 5 fluorescent, 3 brightfield or 8), an
-optional initialisation from 3-channel (RGB) weights, and a few tiny architectures for CPU tests and the demo. It is
-registered by rebinding `dinov2.train.ssl_meta_arch.build_model_from_cfg`, so upstream's `SSLMetaArch.__init__` builds
-multi-channel students and teachers.
+optional initialisation from 3-channel (RGB) weights, and a few tiny architectures for CPU tests and the demo.
+`dinov2_cell.plugin.install()` rebinds `dinov2.train.ssl_meta_arch.build_model_from_cfg` to it, so upstream's
+`SSLMetaArch.__init__` builds multi-channel students and teachers; importing this module rebinds nothing.
 """
 
 from __future__ import annotations
@@ -46,12 +46,6 @@ TINY_ARCHS = {
 }
 
 
-def register_archs():
-    """Makes the tiny archs visible wherever upstream looks arch names up (`vision_transformer.__dict__`)."""
-    for name, factory in TINY_ARCHS.items():
-        setattr(vits, name, factory)
-
-
 def build_model(args, only_teacher: bool = False, img_size: int = 224, in_chans: int = 3):
     """Builds (student, teacher, embed_dim), or (teacher, embed_dim) with `only_teacher`.
 
@@ -63,9 +57,9 @@ def build_model(args, only_teacher: bool = False, img_size: int = 224, in_chans:
         in_chans: input channels of the patch embed.
     """
     arch = args.arch.removesuffix("_memeff")
-    factory = getattr(vits, arch, None) if arch.startswith("vit") else None
+    factory = TINY_ARCHS.get(arch) or (getattr(vits, arch, None) if arch.startswith("vit") else None)
     if factory is None:
-        known = sorted(n for n in dir(vits) if n.startswith("vit_"))
+        known = sorted({n for n in dir(vits) if n.startswith("vit_")} | set(TINY_ARCHS))
         raise ValueError(f"student.arch: unknown architecture {args.arch!r}; known: {', '.join(known)}")
     vit_kwargs = dict(
         img_size=img_size,
@@ -210,14 +204,3 @@ def load_teacher_backbone(path: str, device: str | torch.device = "cpu"):
     state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
     backbone.load_state_dict(state, strict=True)
     return backbone.to(device).eval(), cfg
-
-
-def register():
-    """Registers the tiny archs and the multi-channel builder into upstream."""
-    import dinov2.train.ssl_meta_arch as sma
-
-    register_archs()
-    sma.build_model_from_cfg = build_model_from_cfg
-
-
-register()

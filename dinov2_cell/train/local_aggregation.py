@@ -21,7 +21,11 @@ import logging
 import torch
 
 from dinov2.loss import KoLeoLoss
-from dinov2.train.ssl_meta_arch import SSLMetaArch
+
+from dinov2_cell.plugin import import_upstream
+
+# upstream asserts xFormers when dinov2.train is imported; import_upstream does so without patching anything
+SSLMetaArch = import_upstream("dinov2.train.ssl_meta_arch").SSLMetaArch
 
 logger = logging.getLogger("dinov2_cell")
 

@@ -3,8 +3,9 @@
 Upstream's `dinov2.train.train.main` hard-codes `SSLMetaArch(cfg).to("cuda")` and reads only upstream's config; this
 main picks the device (CUDA if present, else CPU with gloo), merges the plugin config, builds the dataset once (to
 check its channels against `student.in_chans` before any model is built), plugs the cell augmentation and the
-other-site collate into upstream's `do_train`, and trains `LocalAggregationMetaArch`. It runs in one process, under
-`torchrun`, or inside a SLURM/submitit task (the environment decides; see `dinov2.distributed.enable`).
+other-site collate into upstream's `do_train` (through the hooks `dinov2_cell.plugin.install()` puts in place), and
+trains `LocalAggregationMetaArch`. It runs in one process, under `torchrun`, or inside a SLURM/submitit task (the
+environment decides; see `dinov2.distributed.enable`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,9 @@ import os
 from functools import partial
 
 import torch
-from omegaconf import OmegaConf
-
-import dinov2_cell  # noqa: F401  (patches upstream before dinov2.train is imported)
-import dinov2_cell.models  # noqa: F401  (registers the multi-channel builder)
-
-import dinov2.distributed as distributed
-import dinov2.train.train as upstream_train
-from dinov2.utils.config import apply_scaling_rules_to_cfg, default_setup
 
 from dinov2_cell.data.registry import discard_target
+from dinov2_cell.plugin import bind_training_run, import_upstream, install
 from dinov2_cell.train.config import build_config, check_output_dir, write_config
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
 
@@ -62,6 +56,10 @@ def prepare_config(args):
 
 def setup(args, cfg):
     """Enables distributed mode, seeds, logs, applies upstream's lr scaling rule and writes config.yaml."""
+    from dinov2.utils.config import apply_scaling_rules_to_cfg, default_setup
+    from omegaconf import OmegaConf
+
+    distributed = import_upstream("dinov2.distributed")
     os.makedirs(args.output_dir, exist_ok=True)
     default_setup(args)
     apply_scaling_rules_to_cfg(cfg)
@@ -75,6 +73,7 @@ def build_training_dataset(cfg, transform):
     """Builds the dataset once and checks its channel count against `student.in_chans`."""
     from dinov2.data import make_dataset
 
+    install()  # upstream's dataset-string parser must know the registered names
     dataset = make_dataset(dataset_str=cfg.train.dataset_path, transform=transform, target_transform=discard_target)
     n = getattr(dataset, "num_channels", None)
     if n is not None and n != cfg.student.in_chans:
@@ -85,29 +84,19 @@ def build_training_dataset(cfg, transform):
     return dataset
 
 
-def _prebuilt_dataset(dataset, *, dataset_str, transform=None, target_transform=None):
-    """Stands in for `make_dataset` inside `do_train`: the dataset is already built, only its transforms are set."""
-    dataset.transform = transform
-    dataset.target_transform = (
-        discard_target if getattr(target_transform, "__name__", "") == "<lambda>" else target_transform
-    )
-    return dataset
-
-
 def plug_cell_components(cfg, dataset, do_local_aggregation: bool):
-    """Makes upstream's `do_train` build the cell augmentation, the other-site collate and use our dataset."""
+    """Makes upstream's `do_train` build the cell augmentation and the other-site collate, and reuse `dataset`."""
     from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
-    from dinov2_cell.augment.collate import collate_cell_data_and_cast
 
     augmentation = partial(CellDataAugmentation, other_site_view=do_local_aggregation, **cfg.augmentations)
-    upstream_train.DataAugmentationDINO = augmentation
-    upstream_train.collate_data_and_cast = collate_cell_data_and_cast
-    upstream_train.make_dataset = partial(_prebuilt_dataset, dataset)
+    bind_training_run(augmentation=augmentation, dataset=dataset)
     return dataset
 
 
 def main(args) -> str:
     """Trains and returns the path of the final teacher checkpoint."""
+    install()
+    upstream_train = import_upstream("dinov2.train.train")
     cfg = prepare_config(args)
     dataset = build_training_dataset(cfg, transform=None)  # wrong channels/paths fail before anything is written
     setup(args, cfg)

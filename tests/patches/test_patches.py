@@ -7,9 +7,11 @@ import sys
 import pytest
 import torch
 
-import dinov2_cell  # noqa: F401
-from dinov2_cell import patches
-from dinov2_cell.patches import _torch_xformers as tx
+from dinov2_cell.plugin import install, load_patches
+
+install()
+patches = load_patches()
+from dinov2_cell.patches import _torch_xformers as tx  # noqa: E402
 
 
 def _tiny_vit(in_chans=3):

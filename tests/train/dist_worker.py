@@ -9,7 +9,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from helpers import make_batch, tiny_cfg  # noqa: E402
+from helpers import make_batch, tiny_cfg  # noqa: E402  (helpers calls dinov2_cell.plugin.install())
 
 import dinov2.distributed as distributed  # noqa: E402
 from dinov2.logging.helpers import SmoothedValue  # noqa: E402

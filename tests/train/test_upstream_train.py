@@ -61,7 +61,8 @@ def test_upstream_do_train_checkpoints_and_resumes(tmp_path):
     """Upstream's do_train on a registered test dataset writes checkpoints; a second run resumes at the next step."""
     script = f"""
 import sys; sys.path.insert(0, {os.path.join(REPO, 'tests')!r}); sys.path.insert(0, {os.path.join(REPO, 'tests', 'train')!r})
-import dinov2_cell, dinov2_cell.models, rgb_test_dataset
+from dinov2_cell.plugin import install; install()
+import rgb_test_dataset
 import dinov2.distributed as distributed
 from dinov2.train.ssl_meta_arch import SSLMetaArch
 from dinov2.train.train import do_train
