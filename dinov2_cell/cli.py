@@ -228,3 +228,43 @@ def run_main(
         print(f"{name}: error: {type(e).__name__}: {_message(e)} (run with --debug for the traceback)", file=sys.stderr)
         return 1
     return 0 if status is None else int(status)
+
+
+def add_legacy_aliases(parser: argparse.ArgumentParser, root: bool = False, workers: bool = False) -> None:
+    """Hidden old spellings kept for one release: ``--root`` (= ``--data-root``), ``--workers`` (= ``--num-workers``).
+
+    Args:
+        parser: the CLI's parser (already holding the new flags).
+        root: add ``--root``.
+        workers: add ``--workers``.
+    """
+    if root:
+        parser.add_argument("--root", dest="data_root", help=argparse.SUPPRESS)
+    if workers:
+        parser.add_argument("--workers", dest="num_workers", type=non_negative_int, help=argparse.SUPPRESS)
+
+
+def join_space_separated(argv: Sequence[str], flag: str = "--plates") -> list[str]:
+    """Old spelling ``--plates A B C`` -> ``--plates A,B,C`` (values up to the next ``-`` token are joined).
+
+    Args:
+        argv: the command line.
+        flag: the list-valued flag.
+
+    Returns:
+        The rewritten command line.
+    """
+    argv, out, i = list(argv), [], 0
+    while i < len(argv):
+        out.append(argv[i])
+        if argv[i] == flag:
+            values = []
+            i += 1
+            while i < len(argv) and not argv[i].startswith("-"):
+                values.append(argv[i])
+                i += 1
+            if values:
+                out.append(",".join(values))
+            continue
+        i += 1
+    return out

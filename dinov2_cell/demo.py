@@ -76,7 +76,7 @@ def _run(cmd: list[str], log_path: str) -> None:
 
 def generate(args, plates_dir: str) -> None:
     """Step 1: synthetic plates (skipped when the folder already holds them)."""
-    from dinov2_cell.data.synthetic import generate_plates
+    from dinov2_cell.synthetic import generate_plates
 
     if os.path.isfile(os.path.join(plates_dir, "synthetic_truth.csv")):
         logger.info("plates: %s already there", plates_dir)
@@ -160,10 +160,8 @@ def profiles(args, plates_dir: str, runs: dict[str, str], out: str) -> dict[str,
             {"fluo": fluo, "bf": bf}, plates_dir, os.path.join(out, name), progress=not args.no_progress
         )
         logger.info("profiles %s: %s (%.0f s)", name, paths[name], time.time() - t0)
-    target = os.path.join(out, "classical", "profiles.parquet")
-    paths["classical"] = (
-        target if os.path.isfile(target) else baseline_profiles(plates_dir, target, progress=not args.no_progress)
-    )
+    # A finished run is not recomputed: the driver skips plates with a part and keeps a merged table of them.
+    paths["classical"] = baseline_profiles(plates_dir, os.path.join(out, "classical"), progress=not args.no_progress)
     return paths
 
 

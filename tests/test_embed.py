@@ -12,6 +12,8 @@ import torch
 from omegaconf import OmegaConf
 
 from dinov2_cell import embed
+from dinov2_cell.models.teacher import load_teacher
+from dinov2_cell.profiles.ssl import prepare_image
 from dinov2_cell.profiles.io import PROFILE_METADATA, feature_columns
 from dinov2_cell.profiles.merge import merge_well
 
@@ -80,8 +82,8 @@ def factory():
 
 def test_prepare_image_resize_and_crop():
     img = torch.rand(5, 45, 40)
-    assert embed.prepare_image(img, 56, 14).shape == (5, 56, 56)
-    cropped = embed.prepare_image(img, 0, 14)
+    assert prepare_image(img, 56, 14).shape == (5, 56, 56)
+    cropped = prepare_image(img, 0, 14)
     assert cropped.shape == (5, 42, 28)
     assert torch.equal(cropped, img[:, 1:43, 6:34])
 
@@ -97,7 +99,7 @@ def test_embed_plates_matches_direct_computation(tmp_path, runs, factory):
     backbone, _ = __import__("dinov2_cell.models.multichannel_vit", fromlist=["x"]).load_teacher_backbone(runs["fluo"])
     ds = StubDataset("root", [PLATE_16], "fluo")
     with torch.no_grad():
-        x = torch.stack([embed.prepare_image(ds.get_image(i), 56, 14) for i in range(16)])
+        x = torch.stack([prepare_image(ds.get_image(i), 56, 14) for i in range(16)])
         o = backbone.forward_features(x)
         site = torch.cat([o["x_norm_clstoken"], o["x_norm_patchtokens"].mean(1)], 1).numpy()
     ref, _ = merge_well(list(range(1, 17)), site, side=4)
@@ -139,14 +141,14 @@ def test_resume_guard_shards_and_alignment(tmp_path, runs, factory):
 
 def test_channels_and_metadata_errors(tmp_path, runs, factory):
     with pytest.raises(ValueError, match="in_chans=5"):
-        embed.embed_plates({"fluo": runs["fluo"]}, "r", str(tmp_path / "a"), channels_per_checkpoint={"fluo": "bf"})
+        embed.embed_plates({"fluo": runs["fluo"]}, "r", str(tmp_path / "a"), channels={"fluo": "bf"})
     with pytest.raises(ValueError, match="metadata"):  # an ORF plate: no packaged well metadata
         embed.embed_plates(runs, "r", str(tmp_path / "b"), plates=["BR00117006"], dataset_factory=factory)
 
 
 def test_channels_and_normalisation_inherited_from_training_config(tmp_path):
     run = make_run(tmp_path / "r", 3, dataset_path="CPJUMP1:root=/x:channels=bf:normalize=bitdepth:on_error=skip")
-    model = embed.load_teacher(run)
+    model = load_teacher(run)
     assert model.name == "bf" and model.channels == "bf" and model.image_size == 56
     assert model.dataset_kwargs == {"normalize": "bitdepth"}  # on_error is an inference choice, not inherited
     assert embed.parse_dataset_opts(["on_error=skip", "percentile_low=1"]) == {
@@ -157,11 +159,11 @@ def test_channels_and_normalisation_inherited_from_training_config(tmp_path):
         embed.parse_dataset_opts(["root=/y"])
     # The paper configs hold root=${oc.env:CPJUMP1_ROOT}: an unset variable must not stop inference.
     run = make_run(tmp_path / "p", 5, dataset_path="CPJUMP1:root=${oc.env:I6_SURELY_UNSET}:channels=fluo")
-    assert embed.load_teacher(run).channels == "fluo"
+    assert load_teacher(run).channels == "fluo"
 
 
 def test_cli_help_and_tiny_run_on_synthetic_plates(tmp_path, runs):
-    from dinov2_cell.data.synthetic import generate_plates
+    from dinov2_cell.synthetic import generate_plates
 
     data = tmp_path / "plates"
     generate_plates(data, plates=[PLATE_9], wells=["A01", "A02"], sites=9, size=28, missing_sites=0.5, progress=False)

@@ -17,35 +17,41 @@ Speed: statistics are computed on every ``stride``-th row and column; the defaul
 ``max(1, side // 512)`` (2 for 1080 px CPJUMP1 images), which changes percentiles and means negligibly and quarters
 the cost. Sites are processed in DataLoader workers (``num_workers``).
 
-Output: ``out_path`` (Parquet), with per-plate parts and ``run_config.json`` in ``<out_path without .parquet>.parts/``
-so that an interrupted run resumes (parts are written atomically and skipped when present).
+:class:`BaselineFeaturiser` plugs these features into the profiling driver (:mod:`dinov2_cell.profiles.driver`), so
+the output folder is laid out as every profile run's: ``parts/<plate>.parquet`` (resumable), ``run_config.json``,
+``profiles.parquet``. torch is imported only when features are computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
-import os
 import sys
 from itertools import combinations
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm import tqdm
 
-from dinov2_cell.profiles.io import PLATE, WELL, HelpFormatter, write_table
-from dinov2_cell.profiles.parts import (
-    attach_metadata,
-    check_run_config,
-    merge_parts,
-    part_path,
-    well_metadata_for,
-    write_part,
+from dinov2_cell.cli import (
+    HelpFormatter,
+    UsageError,
+    add_legacy_aliases,
+    common_parser,
+    data_parser,
+    output_parser,
+    run_main,
+    setup_logging,
+    workers_parser,
 )
+from dinov2_cell.columns import PLATE, WELL
+from dinov2_cell.profiles.driver import BaseFeaturiser, DatasetFactory, PlateSource, run_profiles, site_index
+from dinov2_cell.profiles.sites import iterate_sites
 
 logger = logging.getLogger("dinov2_cell.profiles")
+
+PROG = "python -m dinov2_cell.profiles.baseline"
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 CHANNEL_STATS = (
@@ -61,6 +67,8 @@ CHANNEL_STATS = (
     "bg_mean",
 )
 _EPS = 1e-8
+# Sites that contributed to a well (a string, as every Metadata_ column).
+N_SITES = "Metadata_n_sites"
 
 
 def auto_stride(height: int, width: int) -> int:
@@ -89,7 +97,7 @@ def feature_names(channel_names: Sequence[str]) -> list[str]:
     return names + [f"corr_{a}_{b}" for a, b in combinations(channel_names, 2)]
 
 
-def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+def otsu_threshold(values, bins: int = 256) -> float:
     """Otsu's threshold of intensities in [0, 1] (histogram with ``bins`` bins, maximal between-class variance).
 
     Args:
@@ -99,6 +107,8 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     Returns:
         The threshold (a bin edge); the mean for a constant image.
     """
+    import torch
+
     v = values.float()
     lo, hi = float(v.min()), float(v.max())
     if hi - lo < _EPS:
@@ -115,7 +125,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     return lo + (k + 1) * (hi - lo) / bins
 
 
-def site_features(image: torch.Tensor, stride: int | None = None) -> np.ndarray:
+def site_features(image, stride: int | None = None) -> np.ndarray:
     """Hand-crafted features of one site (see module docstring).
 
     Args:
@@ -125,6 +135,8 @@ def site_features(image: torch.Tensor, stride: int | None = None) -> np.ndarray:
     Returns:
         float64 vector ordered as :func:`feature_names`.
     """
+    import torch
+
     img = torch.as_tensor(image, dtype=torch.float32)
     if img.ndim != 3:
         raise ValueError(f"expected C x H x W, got {tuple(img.shape)}")
@@ -170,17 +182,10 @@ def site_features(image: torch.Tensor, stride: int | None = None) -> np.ndarray:
     return out.numpy()
 
 
-class _SiteFeatures(torch.utils.data.Dataset):
-    """Computes site features inside DataLoader workers."""
+def _site_tensor(image, stride):
+    import torch
 
-    def __init__(self, dataset, stride):
-        self.dataset, self.stride = dataset, stride
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return torch.from_numpy(site_features(self.dataset.get_image(i), self.stride))
+    return torch.from_numpy(site_features(image, stride))
 
 
 def plate_features(
@@ -198,16 +203,10 @@ def plate_features(
     Returns:
         DataFrame with Metadata_Plate, Metadata_Well, Metadata_n_sites and the features (float32), one row per well.
     """
-    from dinov2_cell.embed import site_index
-
     index = site_index(dataset)
     names = feature_names(list(getattr(dataset, "channel_names", [f"ch{i}" for i in range(dataset.num_channels)])))
-    loader = torch.utils.data.DataLoader(_SiteFeatures(dataset, stride), batch_size=16, num_workers=num_workers)
-    chunks = []
-    with tqdm(total=len(dataset), desc=desc, unit="site", disable=not progress) as bar:
-        for batch in loader:
-            chunks.append(batch.numpy())
-            bar.update(len(batch))
+    fn = functools.partial(_site_tensor, stride=stride)
+    chunks = [b.numpy() for b in iterate_sites(dataset, fn, 16, num_workers, desc=desc, progress=progress)]
     feats = np.concatenate(chunks) if chunks else np.empty((0, len(names)))
     if feats.shape[1] != len(names):
         raise ValueError(f"{desc}: {feats.shape[1]} features for {len(names)} names (channel_names wrong?)")
@@ -216,13 +215,46 @@ def plate_features(
     site[WELL] = index[WELL].astype(str).to_numpy()
     wells = site.groupby([PLATE, WELL], sort=True)
     out = wells[names].mean().astype(np.float32)
-    out.insert(0, "Metadata_n_sites", wells.size().astype(str))
+    out.insert(0, N_SITES, wells.size().astype(str))
     return out.reset_index()
+
+
+class BaselineFeaturiser(BaseFeaturiser):
+    """The hand-crafted features as a profiling-driver featuriser (well = mean of its sites).
+
+    Args:
+        stride: pixel sub-sampling stride (default automatic).
+        num_workers: DataLoader workers.
+        progress: per-plate progress bars.
+    """
+
+    name = "baseline"
+
+    def __init__(self, stride: int | None = None, num_workers: int = 0, progress: bool = True):
+        if stride is not None and stride < 1:
+            raise ValueError(f"--stride must be >= 1, got {stride}")
+        self.stride, self.num_workers, self.progress = stride, num_workers, progress
+
+    def describe(self) -> dict:
+        """Stride and the list of statistics (the features' definition)."""
+        return {"stride": "auto" if self.stride is None else int(self.stride), "stats": list(CHANNEL_STATS)}
+
+    def featurise_plate(self, plate: str, dataset) -> pd.DataFrame:
+        """Well features of one plate.
+
+        Args:
+            plate: barcode.
+            dataset: the plate's dataset.
+
+        Returns:
+            See :func:`plate_features`.
+        """
+        return plate_features(dataset, self.stride, self.num_workers, desc=f"{plate} baseline", progress=self.progress)
 
 
 def baseline_profiles(
     data_root: str,
-    out_path: str,
+    out_dir: str,
     plates: Sequence[str] | None = None,
     *,
     channels="all",
@@ -230,89 +262,60 @@ def baseline_profiles(
     num_workers: int = 0,
     metadata: pd.DataFrame | str | None = None,
     overwrite: bool = False,
-    dataset_factory=None,
+    dataset_factory: DatasetFactory | None = None,
     dataset_kwargs: dict | None = None,
     progress: bool = True,
 ) -> str:
-    """Write baseline (hand-crafted) well profiles of ``plates`` to ``out_path``.
+    """Write baseline (hand-crafted) well profiles of ``plates`` to ``<out_dir>/profiles.parquet``.
 
     Args:
-        data_root: data root (LoadData CSVs and/or Phenix folders).
-        out_path: output ``.parquet``.
+        data_root: data root (LoadData CSVs, Phenix folders or a prepared store).
+        out_dir: output folder (``parts/``, ``run_config.json``, ``profiles.parquet``).
         plates: barcodes (default: every plate under ``data_root``).
         channels: channel spec (default all 8).
         stride: sub-sampling stride (default automatic).
         num_workers: DataLoader workers.
         metadata: per-well metadata table/path (default: packaged CPJUMP1 files).
-        overwrite: recompute parts and replace ``out_path``.
+        overwrite: recompute parts and replace the merged table.
         dataset_factory: ``f(root, plates, channels, **kw) -> dataset`` (default: CPJUMP1Dataset).
         dataset_kwargs: extra dataset keywords.
-        progress: tqdm bars.
+        progress: progress bars.
 
     Returns:
-        ``out_path``.
+        Path of the merged profiles.
 
     Raises:
-        FileExistsError: ``out_path`` exists with other plates, or the parts folder holds a run with other options,
-            unless ``overwrite``.
+        FileExistsError: the folder holds a run with other options, or a merged table with other plates, unless
+            ``overwrite``.
     """
-    from dinov2_cell.embed import default_dataset_factory, list_plates
-
-    if not str(out_path).endswith(".parquet"):
-        raise ValueError(f"out_path must end with .parquet, got {out_path}")
-    factory = dataset_factory or default_dataset_factory
-    kwargs = dict(dataset_kwargs or {})
-    run_dir = str(out_path)[: -len(".parquet")] + ".parts"
-    config = {
-        "kind": "baseline_features",
-        "data_root": os.path.abspath(data_root),
-        "channels": channels if isinstance(channels, str) else list(channels),
-        "stride": "auto" if stride is None else int(stride),
-        "stats": list(CHANNEL_STATS),
-        "dataset_kwargs": {k: str(v) for k, v in sorted(kwargs.items())},
-    }
-    check_run_config(run_dir, config, overwrite=overwrite)
-    plates = sorted(set(plates)) if plates is not None else list_plates(data_root, channels, factory, **kwargs)
-    todo = [p for p in plates if overwrite or not os.path.isfile(part_path(run_dir, p))]
-    meta = well_metadata_for(todo, metadata) if todo else None
-    for plate in todo:
-        ds = factory(data_root, [plate], channels, **kwargs)
-        wells = plate_features(ds, stride, num_workers, desc=f"{plate} baseline", progress=progress)
-        if wells.empty:
-            raise ValueError(f"plate {plate}: no site found under {data_root}")
-        write_part(attach_metadata(wells, meta[meta[PLATE] == plate]), run_dir, plate, overwrite=overwrite)
-    table = merge_parts(run_dir, plates)
-    if os.path.exists(out_path) and not overwrite:
-        existing = sorted(pd.read_parquet(out_path, columns=[PLATE])[PLATE].astype(str).unique())
-        if existing == plates:
-            logger.info("%s already holds these %d plates; kept", out_path, len(plates))
-            return str(out_path)
-    write_table(table, out_path, overwrite=overwrite)
-    logger.info("wrote %s (%d wells, %d features)", out_path, len(table), table.shape[1])
-    return str(out_path)
+    source = PlateSource(data_root, channels, dict(dataset_kwargs or {}), dataset_factory)
+    featuriser = BaselineFeaturiser(stride, num_workers, progress)
+    return run_profiles(featuriser, source, out_dir, plates, metadata=metadata, overwrite=overwrite, progress=progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m dinov2_cell.profiles.baseline``."""
     p = argparse.ArgumentParser(
-        prog="python -m dinov2_cell.profiles.baseline",
+        prog=PROG,
         description="Hand-crafted per-channel intensity/texture well profiles (CellProfiler stand-in).",
         formatter_class=HelpFormatter,
+        parents=[
+            data_parser(required=False),
+            output_parser(help="output folder (parts/, run_config.json, profiles.parquet)"),
+            workers_parser(default=0),
+            common_parser(),
+        ],
     )
-    p.add_argument("--data-root", required=True, help="folder with LoadData CSVs and/or Phenix image folders")
-    p.add_argument("--out", required=True, help="output .parquet (parts and run_config.json in <out>.parts/)")
-    p.add_argument("--plates", default=None, help="comma-separated barcodes (default: all under --data-root)")
-    p.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
-    p.add_argument("--stride", type=int, default=None, help="pixel sub-sampling stride (default: max(1, side//512))")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("features")
+    g.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
+    g.add_argument("--stride", type=int, default=None, help="pixel sub-sampling stride (default: max(1, side//512))")
+    g.add_argument("--metadata", default=None, metavar="FILE", help="per-well metadata CSV/Parquet (default: packaged)")
+    add_legacy_aliases(p, root=True, workers=True)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point.
+    """CLI entry point (the error policy is :func:`dinov2_cell.cli.run_main`'s).
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -321,11 +324,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.debug)
+    if not args.data_root:
+        raise UsageError("--data-root is required")
+    out = args.out
+    if out.endswith(".parquet"):  # the old spelling named the output file; kept for one release
+        out = out[: -len(".parquet")]
+        logger.warning("--out FILE.parquet is deprecated (--out is a folder): writing %s/profiles.parquet", out)
     path = baseline_profiles(
         args.data_root,
-        args.out,
-        plates=[p.strip() for p in args.plates.split(",") if p.strip()] if args.plates else None,
+        out,
+        plates=args.plates,
         channels=args.channels,
         stride=args.stride,
         num_workers=args.num_workers,
@@ -338,4 +347,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog=PROG))

@@ -39,7 +39,7 @@ def test_otsu_splits_two_levels():
 
 
 def test_baseline_profiles_resumable(tmp_path, stub_factory):
-    out = tmp_path / "baseline.parquet"
+    out = tmp_path / "baseline"
     kw = dict(channels="fluo", dataset_factory=stub_factory, dataset_kwargs={"wells": ("A01", "A02")}, progress=False)
     path = baseline.baseline_profiles("root", str(out), **kw)
     df = pd.read_parquet(path)
@@ -52,7 +52,7 @@ def test_baseline_profiles_resumable(tmp_path, stub_factory):
     assert np.isfinite(df[feats].to_numpy()).all()
     n_calls = len(stub_factory.calls)
     # Second call: every part present -> no dataset built, same file kept.
-    assert baseline.baseline_profiles("root", str(out), **kw) == str(out)
+    assert baseline.baseline_profiles("root", str(out), **kw) == path == str(out / "profiles.parquet")
     assert len(stub_factory.calls) == n_calls + 1  # only the plate listing; no plate was read again
     with pytest.raises(FileExistsError, match="stride"):
         baseline.baseline_profiles("root", str(out), stride=3, **kw)
