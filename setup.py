@@ -15,6 +15,7 @@ setup(
         "dinov2_cell",
         "dinov2_cell.patches",
         "dinov2_cell.data",
+        "dinov2_cell.synthetic",
         "dinov2_cell.augment",
         "dinov2_cell.models",
         "dinov2_cell.train",

@@ -28,7 +28,7 @@ fi
 $PY -c "import torch; from dinov2_cell.plugin import install; install(); print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/summary.txt"
 
 log "synthetic plates (2 plates x 48 wells x 9 sites, ${SIZE} px)"
-$PY -m dinov2_cell.data.synthetic --out "$W/plates" --plates 2 --wells 48 --size $SIZE --workers 8 --no-progress >/dev/null || exit 1
+$PY -m dinov2_cell.synthetic --out "$W/plates" --num-plates 2 --wells 48 --size $SIZE --num-workers 8 --no-progress >/dev/null || exit 1
 
 log "1) one training step, ours (local aggregation) vs upstream SSLMetaArch"
 $PY benchmarks/train_step.py --config $CFG "${STEP_ARGS[@]}" 2>&1 | grep -v Warning | tail -8 | tee -a "$OUT/summary.txt"

@@ -7,7 +7,7 @@ Run::
 
 What it does, in one run (all ratios come from the same run, same files, same machine):
 
-1. writes ``--sites`` synthetic sites (``dinov2_cell.data.synthetic``, realistic signal + noise, so the LZW
+1. writes ``--sites`` synthetic sites (``dinov2_cell.synthetic``, realistic signal + noise, so the LZW
    compression ratio is representative), uncompressed TIFF, with a LoadData CSV;
 2. if the optional ``imagecodecs`` package is importable, an LZW-compressed copy of the 5 fluorescent channels;
 3. a prepared store (``dinov2_cell.data.prepare``) of the 5 fluorescent channels;
@@ -41,7 +41,7 @@ import torch
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.data.names import FLUO_CHANNELS
 from dinov2_cell.data.prepare import prepare_store
-from dinov2_cell.data.synthetic import generate_plates
+from dinov2_cell.synthetic import generate_plates
 
 PLATE = "BR00116991"
 

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 
 from dinov2_cell.data.names import PHENIX_CHANNELS, phenix_filename
-from dinov2_cell.data.synthetic import generate_plates
+from dinov2_cell.synthetic import generate_plates
 
 U2OS_PLATE = "BR00116995"
 A549_PLATE = "BR00116991"

@@ -17,7 +17,7 @@ TRAIN = [PYTHON, "-m", "dinov2_cell.run.train"]
 
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory):
-    from dinov2_cell.data.synthetic import generate_plates
+    from dinov2_cell.synthetic import generate_plates
 
     out = tmp_path_factory.mktemp("plates")
     generate_plates(out, plates=2, wells=8, sites=9, size=64, missing_sites=0.25, seed=0, progress=False)
