@@ -42,22 +42,16 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from dinov2_cell.cli import HelpFormatter, UsageError, comma_list, common_parser, positive_int, run_main, setup_logging
+from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE
 from dinov2_cell.eval.normalize import METHODS, normalize_profiles
-from dinov2_cell.profiles.io import (
-    BROAD,
-    CELL_LINE,
-    HelpFormatter,
-    PLATE,
-    check_profiles,
-    is_control,
-    read_profiles,
-    write_json,
-    write_table,
-)
+from dinov2_cell.eval.outputs import KNN_FILES, format_table, write_outputs  # noqa: F401  (part of this API)
+from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
 
-CELL_LINES = ("U2OS", "A549")
+PROG = "python -m dinov2_cell.eval.knn_wells"
 DEFAULT_COMBINATIONS = tuple((s, t) for s in CELL_LINES for t in CELL_LINES)
 WEIGHTS = ("uniform", "distance")
 
@@ -182,6 +176,7 @@ def evaluate(
     plates: Sequence[str] | None = None,
     seed: int | None = None,
     feature_cols: Sequence[str] | None = None,
+    source: str | None = None,
 ) -> dict:
     """Run the challenge kNN protocol (see module docstring).
 
@@ -198,6 +193,7 @@ def evaluate(
         plates: restrict to these plates (default: all in the table).
         seed: shuffle plates before making folds (default: deterministic sorted dealing).
         feature_cols: features (default: all non-Metadata numeric columns).
+        source: name of the table in error messages (default: its path, or "profiles").
 
     Returns:
         Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
@@ -213,7 +209,7 @@ def evaluate(
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if normalize not in METHODS:
         raise ValueError(f"normalize must be one of {METHODS}, got {normalize!r}")
-    source = profiles if isinstance(profiles, str) else "profiles"
+    source = source or (profiles if isinstance(profiles, str) else "profiles")
     df = read_profiles(profiles)
     feats = check_profiles(df, required=(PLATE, label_col, cell_line_col), source=source)
     feats = list(feature_cols) if feature_cols is not None else feats
@@ -231,21 +227,20 @@ def evaluate(
     for plate, line in line_of.items():
         by_line.setdefault(line, []).append(plate)
     wanted = list(combinations) if combinations is not None else list(DEFAULT_COMBINATIONS)
-    todo, skipped = [], []
-    for s, t in wanted:
-        if s in by_line and t in by_line and (s != t or len(by_line[s]) >= 2):
-            todo.append((s, t))
-        else:
-            skipped.append(combination_name(s, t))
-    if skipped:
-        logger.warning(
-            "skipped combinations %s (cell lines present: %s)", skipped, {k: len(v) for k, v in by_line.items()}
-        )
+    counts = {line: len(p) for line, p in by_line.items()}
+    # Training plates are the source line's plates outside the held-out fold: a source line with one plate would
+    # train on nothing, whatever the target line.
+    todo = [(s, t) for s, t in wanted if t in by_line and counts.get(s, 0) >= 2]
+    skipped = [combination_name(s, t) for s, t in wanted if (s, t) not in todo]
     if not todo:
+        absent = sorted({x for pair in wanted for x in pair} - set(by_line))
         raise ValueError(
-            f"{source}: no train->test combination can be evaluated; cell lines present: "
-            f"{ {k: len(v) for k, v in by_line.items()} } (a within-line combination needs 2+ plates)"
+            f"{source}: no train->test combination can be evaluated: plate-wise folds need >= 2 plates per cell "
+            f"line, plates per cell line ({cell_line_col}): {counts}"
+            + (f"; absent cell line(s): {absent}" if absent else "")
         )
+    if skipped:
+        logger.warning("skipped combinations %s (plates per cell line: %s)", skipped, counts)
     from sklearn.metrics import f1_score
 
     folds = {line: make_folds(p, n_folds, seed) for line, p in by_line.items()}
@@ -306,102 +301,38 @@ def evaluate(
     return {"config": config, "folds": rows, "combinations": combos, "mean": mean, "skipped": skipped}
 
 
-def format_table(result: dict, map_result: dict | None = None) -> str:
-    """Readable summary of :func:`evaluate` (and optionally :func:`dinov2_cell.eval.map.map_scores`).
-
-    Args:
-        result: output of :func:`evaluate`.
-        map_result: output of ``map_scores`` or ``None``.
-
-    Returns:
-        Multi-line text.
-    """
-    cfg = result["config"]
-    lines = [
-        f"kNN compound classification (k={cfg['k']}, {cfg['metric']}, {cfg['weights']}, {cfg['n_folds']}-fold "
-        f"plate-wise CV, normalize={cfg['normalize']}, {cfg['n_wells']} non-DMSO wells, {cfg['n_features']} features)",
-        f"{'combination':<14}{'folds':>6}{'accuracy %':>14}{'macro-F1 %':>14}",
-    ]
-    for name, c in result["combinations"].items():
-        lines.append(
-            f"{name:<14}{c['n_folds']:>6}{100 * c['accuracy']:>8.1f} ±{100 * c['accuracy_std']:>4.1f}"
-            f"{100 * c['macro_f1']:>8.1f} ±{100 * c['macro_f1_std']:>4.1f}"
-        )
-    m = result["mean"]
-    lines.append(f"{'mean':<14}{'':>6}{100 * m['accuracy']:>8.1f}{'':>6}{100 * m['macro_f1']:>8.1f}")
-    if result.get("skipped"):
-        lines.append(f"skipped (cell line absent): {', '.join(result['skipped'])}")
-    if map_result is not None:
-        from dinov2_cell.eval.map import format_map
-
-        lines.append("")
-        lines.append(format_map(map_result))
-    return "\n".join(lines)
-
-
-def write_outputs(result: dict, out_dir: str, map_result: dict | None = None, overwrite: bool = False) -> list[str]:
-    """Write the CSV/JSON outputs (refusing to replace files unless ``overwrite``).
-
-    Args:
-        result: output of :func:`evaluate`.
-        out_dir: folder (created).
-        map_result: output of ``map_scores`` or ``None``.
-        overwrite: replace existing files.
-
-    Returns:
-        Paths written.
-    """
-    os.makedirs(out_dir, exist_ok=True)
-    names = ["knn_folds.csv", "knn_summary.csv", "knn.json"]
-    if map_result is not None:
-        names += ["map_activity.csv", "map_consistency.csv", "map.json"]
-    paths = [os.path.join(out_dir, n) for n in names]
-    if not overwrite:
-        existing = [p for p in paths if os.path.exists(p)]
-        if existing:
-            raise FileExistsError(f"{existing} exist; refusing to overwrite (pass --overwrite)")
-    folds = pd.DataFrame(result["folds"])
-    folds["train_plates"] = folds["train_plates"].map(";".join)
-    folds["test_plates"] = folds["test_plates"].map(";".join)
-    write_table(folds, paths[0], overwrite=overwrite)
-    summary = pd.DataFrame(
-        [{"combination": n, **c} for n, c in result["combinations"].items()]
-        + [{"combination": "mean", **result["mean"]}]
-    )
-    write_table(summary, paths[1], overwrite=overwrite)
-    write_json(result, paths[2], overwrite=overwrite)
-    if map_result is not None:
-        from dinov2_cell.eval.map import map_summary
-
-        write_table(map_result["activity"]["table"], paths[3], overwrite=overwrite)
-        write_table(map_result["consistency"]["table"], paths[4], overwrite=overwrite)
-        write_json(map_summary(map_result), paths[5], overwrite=overwrite)
-    return paths
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m dinov2_cell.eval.knn_wells``."""
     p = argparse.ArgumentParser(
-        prog="python -m dinov2_cell.eval.knn_wells",
+        prog=PROG,
         description="Challenge kNN compound classification (plate-wise CV, U2OS/A549 train->test combinations) and "
-        "optional copairs mAP on well profiles (Parquet/CSV with Metadata_* columns + numeric features).",
+        "optional copairs mAP on well profiles (Parquet/CSV with Metadata_* columns + numeric features). DMSO wells "
+        "are left out of the kNN protocol.",
         formatter_class=HelpFormatter,
+        parents=[common_parser()],
     )
     p.add_argument("profiles", help="profiles file (.parquet, .csv, .csv.gz)")
-    p.add_argument("--k", type=int, default=1, help="neighbours")
-    p.add_argument("--metric", default="cosine", help="scikit-learn distance (cosine, euclidean, correlation, ...)")
-    p.add_argument("--weights", choices=WEIGHTS, default="uniform")
-    p.add_argument("--folds", type=int, default=5, help="plate folds per cell line (fewer plates: leave-one-plate-out)")
-    p.add_argument("--normalize", choices=METHODS, default="none", help="per-plate normalisation against DMSO wells")
-    p.add_argument("--label-col", default=BROAD, help="class label column")
-    p.add_argument("--cell-line-col", default=CELL_LINE)
-    p.add_argument("--plates", default=None, help="comma-separated plates to use (default: all)")
-    p.add_argument("--seed", type=int, default=None, help="shuffle plates before making folds")
-    p.add_argument("--map", action="store_true", help="also compute copairs mAP (activity and consistency)")
-    p.add_argument("--null-size", type=int, default=10000, help="mAP null distribution size")
-    p.add_argument("--map-cache-dir", default=None, help="copairs null-distribution cache (default ~/.copairs)")
-    p.add_argument("--out", default=None, help="folder for knn_folds.csv, knn_summary.csv, knn.json (+ map files)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--k", type=positive_int, default=1, help="neighbours")
+    g.add_argument("--metric", default="cosine", help="scikit-learn distance (cosine, euclidean, correlation, ...)")
+    g.add_argument("--weights", choices=WEIGHTS, default="uniform")
+    g.add_argument(
+        "--folds", type=positive_int, default=5, help="plate folds per cell line (fewer plates: leave-one-plate-out)"
+    )
+    g.add_argument("--normalize", choices=METHODS, default="none", help="per-plate normalisation against DMSO wells")
+    g.add_argument("--label-col", default=BROAD, help="class label column")
+    g.add_argument("--cell-line-col", default=CELL_LINE, help="cell line column")
+    g.add_argument("--plates", type=comma_list, default=None, metavar="A,B,...", help="comma-separated plates to use")
+    g.add_argument("--seed", type=int, default=None, help="shuffle plates before making folds")
+    g = p.add_argument_group("mAP")
+    g.add_argument("--map", action="store_true", help="also compute copairs mAP (activity and consistency)")
+    g.add_argument("--null-size", type=positive_int, default=10000, help="mAP null distribution size")
+    g.add_argument("--map-cache-dir", default=None, help="copairs null-distribution cache (default ~/.copairs)")
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--out", default=None, metavar="DIR", help="folder for knn_folds.csv, knn_summary.csv, knn.json (+ map files)"
+    )
+    g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
 
 
@@ -414,10 +345,12 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
     Returns:
         (kNN result, mAP result or None).
     """
-    plates = [p.strip() for p in args.plates.split(",") if p.strip()] if args.plates else None
+    plates = args.plates or None
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UsageError(f"--out {args.out}: not a folder")
     if args.out and not args.overwrite:
         # Fail before the (possibly long) computation rather than after it.
-        for n in ("knn_folds.csv", "knn_summary.csv", "knn.json"):
+        for n in KNN_FILES:
             if os.path.exists(os.path.join(args.out, n)):
                 raise FileExistsError(f"{os.path.join(args.out, n)} exists; refusing to overwrite (pass --overwrite)")
     profiles = read_profiles(args.profiles)
@@ -432,6 +365,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         cell_line_col=args.cell_line_col,
         plates=plates,
         seed=args.seed,
+        source=args.profiles,
     )
     result["config"]["profiles"] = os.path.abspath(args.profiles)
     map_result = None
@@ -456,7 +390,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point.
+    """CLI entry point (the error policy is :func:`dinov2_cell.cli.run_main`'s).
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
@@ -465,10 +399,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Exit status.
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.debug)
     run(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog=PROG))

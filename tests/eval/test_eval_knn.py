@@ -132,3 +132,28 @@ def test_cli_help_and_tiny_run(tmp_path, planted):
     assert (res / "map_activity.csv").exists() and json.loads((res / "map.json").read_text())["activity"]
     with pytest.raises(FileExistsError, match="overwrite"):  # in-process: a third interpreter start costs ~5 s
         knn_wells.main(args)
+
+
+def test_one_plate_per_cell_line_is_a_clear_error(planted):
+    one_each = planted[planted["Metadata_Plate"].isin(["PL000", "PL005"])]  # one U2OS, one A549 plate
+    with pytest.raises(ValueError, match=r">= 2 plates per cell line.*'U2OS': 1, 'A549': 1"):
+        knn_wells.evaluate(one_each)
+    # One U2OS plate among six A549 ones: only the A549-trained combinations can be evaluated.
+    result = knn_wells.evaluate(planted[~planted["Metadata_Plate"].isin(["PL001", "PL002", "PL003", "PL004"])])
+    assert list(result["combinations"]) == ["A549->U2OS", "A549->A549"]
+    assert result["skipped"] == ["U2OS->U2OS", "U2OS->A549"]
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, planted):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.eval.knn_wells"]
+    bad = planted.copy()
+    bad.loc[7, "f03"] = np.nan
+    nan_file = tmp_path / "nan.csv"
+    bad.to_csv(nan_file, index=False)
+    one_each = tmp_path / "one_each.parquet"
+    planted[planted["Metadata_Plate"].isin(["PL000", "PL005"])].to_parquet(one_each)
+    for path, expected in ((nan_file, "'f03'"), (one_each, ">= 2 plates per cell line")):
+        out = subprocess.run(cmd + [str(path)], capture_output=True, text=True, env=env, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and expected in lines[0], out.stderr
