@@ -41,25 +41,31 @@ COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Demo options; the defaults take about 3 minutes on 2 CPU cores."""
+    from dinov2_cell.cli import comma_list, common_parser, positive_int
+
     p = argparse.ArgumentParser(
         prog="python -m dinov2_cell.demo",
         description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common_parser()],
     )
-    p.add_argument("--out", default="demo_output", help="output folder (default: demo_output)")
+    p.add_argument("--out", default="demo_output", metavar="DIR", help="output folder (default: demo_output)")
     p.add_argument(
         "--plates",
-        default=",".join(DEMO_PLATES),
-        help="synthetic plates: a count or comma-separated barcodes (default: 2 U2OS + 2 A549 plates, one of them a "
-        "real 16-site plate)",
+        type=comma_list,
+        default=list(DEMO_PLATES),
+        metavar="A,B,...",
+        help="comma-separated barcodes of the synthetic plates (default: 2 U2OS + 2 A549 plates, one of them a real "
+        "16-site plate); a single number N (older spelling) makes N plates",
     )
-    p.add_argument("--wells", type=int, default=48, help="wells per plate, DMSO included (default 48)")
-    p.add_argument("--size", type=int, default=96, help="site size in pixels (default 96)")
-    p.add_argument("--epochs", type=int, default=40, help="epochs of 10 iterations per model (default 40)")
+    p.add_argument("--wells", type=positive_int, default=48, help="wells per plate, DMSO included (default 48)")
+    p.add_argument("--size", type=positive_int, default=96, help="site size in pixels (default 96)")
+    p.add_argument("--epochs", type=positive_int, default=40, help="epochs of 10 iterations per model (default 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the plates and of the random-init ViT")
-    p.add_argument("--null-size", type=int, default=2000, help="copairs null size for the mAP p-values (default 2000)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--null-size", type=positive_int, default=2000, help="copairs null size for the mAP p-values (default 2000)"
+    )
     return p
 
 
@@ -83,7 +89,7 @@ def generate(args, plates_dir: str) -> None:
         return
     generate_plates(
         plates_dir,
-        plates=int(args.plates) if str(args.plates).isdigit() else args.plates,
+        plates=int(args.plates[0]) if len(args.plates) == 1 and args.plates[0].isdigit() else args.plates,
         wells=args.wells,
         size=args.size,
         missing_sites=0.1,
@@ -358,8 +364,10 @@ def run_demo(args) -> dict:
 
 def main(argv=None) -> int:
     """CLI entry: parse, then run the demo."""
+    from dinov2_cell.cli import setup_logging
+
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    setup_logging(args.debug)
     logging.getLogger("copairs").setLevel(logging.WARNING)  # per-step INFO lines drown the demo's own
     t0 = time.time()
     run_demo(args)
@@ -368,4 +376,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dinov2_cell.cli import run_main
+
+    sys.exit(run_main(main, prog="python -m dinov2_cell.demo"))
