@@ -2,12 +2,13 @@
 
 Usage::
 
-    python -m dinov2_cell.data.prepare --root /data/cpg0000-jump-pilot/source_4 --out /scratch/cpjump1_store \\
-        --plates BR00116991,BR00116995 --channels all
+    python -m dinov2_cell.data.prepare --data-root /data/cpg0000-jump-pilot/source_4 --out /scratch/cpjump1_store \\
+        --plates BR00116991,BR00116995 --channels all --num-workers 4
 
 Then read it with ``CPJUMP1:root=/scratch/cpjump1_store:channels=fluo`` (or ``store=...`` beside a ``root=``).
 The conversion is resumable: plates already complete in ``--out`` are skipped, each plate is written to a temporary
-file and renamed when done, so an interrupted run loses at most the plate in progress. Raw uint16 values (and the
+file and renamed when done, so an interrupted run loses at most the plate in progress; ``--overwrite`` rewrites complete
+plates instead of skipping them. ``--num-workers N`` writes N plates at a time in worker processes. Raw uint16 values (and the
 illumination functions, when the LoadData CSVs name them) are stored; normalization happens at read time.
 """
 
@@ -17,18 +18,32 @@ import argparse
 import json
 import logging
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
+from dinov2_cell.cli import (
+    HelpFormatter,
+    UsageError,
+    add_legacy_aliases,
+    common_parser,
+    data_parser,
+    output_parser,
+    run_main,
+    setup_logging,
+    workers_parser,
+)
 from dinov2_cell.data import index as idx
-from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
+from dinov2_cell.data.errors import SkipLog, check_on_error
 from dinov2_cell.data.loaddata import ILLUM_MODES
 from dinov2_cell.data.names import resolve_channels
-from dinov2_cell.data.store import init_store, plate_is_complete, write_plate
+from dinov2_cell.data.store import forget_plate, init_store, plate_is_complete, write_plate
 
 logger = logging.getLogger("dinov2_cell.data")
+
+PROG = "python -m dinov2_cell.data.prepare"
 
 
 def prepare_store(
@@ -41,6 +56,8 @@ def prepare_store(
     illum: str = "auto",
     on_error: str = "raise",
     progress: bool = True,
+    overwrite: bool = False,
+    num_workers: int = 0,
 ) -> dict:
     """Write the requested plates under ``root`` into the store ``out``.
 
@@ -53,6 +70,8 @@ def prepare_store(
         illum: ``auto`` / ``yes`` / ``no``: copy illumination functions named by LoadData CSVs.
         on_error: ``raise`` or ``skip`` (unreadable sites stored as ``ok = 0`` and counted).
         progress: show progress bars.
+        overwrite: rewrite plates already complete in the store (default: skip them, so a run resumes).
+        num_workers: write this many plates at a time in worker processes (0 or 1: in this process).
 
     Returns:
         ``{"store": path, "written": [plates], "skipped_complete": [plates], "skips": {kind: count}}``.
@@ -70,74 +89,115 @@ def prepare_store(
     sites = idx.site_table(long, names, on_error=on_error, skips=skips)
     store = init_store(out, names)  # only once the input is known to be usable: no empty store left behind
     plate_list = list(dict.fromkeys(sites["Metadata_Plate"]))
-    written, complete = [], []
-    for plate in tqdm(plate_list, desc="plates", unit="plate", disable=not progress):
+    todo, complete = [], []
+    for plate in plate_list:
         if plate_is_complete(store, plate, names):
-            logger.info("plate %s already complete in %s; skipped", plate, store)
-            complete.append(plate)
-            continue
-        write_plate(
-            store,
-            plate,
-            sites[sites["Metadata_Plate"] == plate],
-            names,
-            on_error=on_error,
-            skips=skips,
-            progress=progress,
-        )
-        written.append(plate)
+            if not overwrite:
+                logger.info("plate %s already complete in %s; skipped (--overwrite rewrites it)", plate, store)
+                complete.append(plate)
+                continue
+            forget_plate(store, plate)
+        todo.append(plate)
+    jobs = [
+        (store, p, sites[sites["Metadata_Plate"] == p], names, on_error, progress and num_workers <= 1) for p in todo
+    ]
+    bar = tqdm(total=len(jobs), desc="plates", unit="plate", disable=not progress)
+    if num_workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
+            results = []
+            for res in pool.map(_write_one, jobs):
+                results.append(res)
+                bar.update(1)
+    else:
+        results = []
+        for job in jobs:
+            results.append(_write_one(job))
+            bar.update(1)
+    bar.close()
+    for _, counts in results:
+        for kind, n in counts.items():
+            skips.counts[kind] += n
     skips.log_summary()
-    return {"store": str(store), "written": written, "skipped_complete": complete, "skips": dict(skips.counts)}
+    return {"store": str(store), "written": todo, "skipped_complete": complete, "skips": dict(skips.counts)}
+
+
+def _write_one(job) -> tuple[str, dict]:
+    # One plate (in this process or a worker): its name and its skip counts.
+    store, plate, sites, names, on_error, progress = job
+    skips = SkipLog(f"prepare {plate}")
+    write_plate(store, plate, sites, names, on_error=on_error, skips=skips, progress=progress)
+    return plate, dict(skips.counts)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m dinov2_cell.data.prepare``."""
+    """The argument parser of ``python -m dinov2_cell.data.prepare``.
+
+    Returns:
+        The parser.
+    """
     p = argparse.ArgumentParser(
-        prog="python -m dinov2_cell.data.prepare",
+        prog=PROG,
         description="Convert Cell Painting plates (LoadData CSVs or Phenix folders) into a memory-mappable store "
-        "(one uint16 .npy per plate + index); resumable per plate.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "(one uint16 .npy per plate + index + per-site percentiles); resumable per plate.",
+        formatter_class=HelpFormatter,
+        parents=[
+            data_parser(required=False, plates_help="comma-separated barcodes (default: every plate found)"),
+            output_parser(help="store folder to create or resume"),
+            workers_parser(0),
+            common_parser(),
+        ],
     )
-    p.add_argument("--root", required=True, help="folder with LoadData CSVs and/or Phenix image folders, or a CSV")
-    p.add_argument("--out", required=True, help="store folder to create or resume")
-    p.add_argument("--plates", default=None, help="comma-separated barcodes (default: every plate found)")
-    p.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
-    p.add_argument("--source", default="auto", choices=idx.SOURCES, help="index plates from CSVs, folders, or both")
-    p.add_argument("--illum", default="auto", choices=ILLUM_MODES, help="copy illumination functions")
-    p.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="on unreadable input")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_legacy_aliases(p, root=True)
+    g = p.add_argument_group("conversion")
+    g.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
+    g.add_argument("--source", default="auto", choices=idx.SOURCES, help="index plates from CSVs, folders, or both")
+    g.add_argument("--illum", default="auto", choices=ILLUM_MODES, help="copy illumination functions")
+    g.add_argument("--on-error", default="raise", choices=("raise", "skip"), help="on unreadable input")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point.
+    """Parse ``argv``, convert the plates, print a JSON summary.
 
     Args:
         argv: arguments (default ``sys.argv[1:]``).
 
     Returns:
-        Exit status (0 ok, 2 bad input).
+        Exit status 0 (bad input raises; :func:`cli` turns it into one ``error:`` line and status 2).
     """
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    plates = None if args.plates is None else [p.strip() for p in args.plates.split(",") if p.strip()]
-    try:
-        result = prepare_store(
-            args.root,
-            args.out,
-            plates=plates,
-            channels=args.channels,
-            source=args.source,
-            illum=args.illum,
-            on_error=args.on_error,
-            progress=not args.no_progress,
-        )
-    except (DataIndexError, DataReadError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    setup_logging(args.debug)
+    if not args.data_root:
+        raise UsageError("--data-root is required (folder with LoadData CSVs and/or Phenix folders, or a CSV)")
+    if args.plates is not None and not args.plates:
+        raise UsageError("--plates is empty; give comma-separated barcodes or leave it out for every plate")
+    result = prepare_store(
+        args.data_root,
+        args.out,
+        plates=args.plates,
+        channels=args.channels,
+        source=args.source,
+        illum=args.illum,
+        on_error=args.on_error,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+        num_workers=args.num_workers,
+    )
     print(json.dumps(result, indent=1))
     return 0
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` under the project's error policy (one ``error:`` line naming the culprit, exit 2 on bad input).
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Exit status.
+    """
+    return run_main(main, argv, prog=PROG)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -241,6 +241,16 @@ def plate_is_complete(out: Path, plate: str, channels: Sequence[str]) -> bool:
     return list(shape) == list(info.get("shape", []))
 
 
+def forget_plate(out: Path, plate: str) -> None:
+    """Remove ``plate``'s completion marker so that it counts as absent until it is written again (``--overwrite``).
+
+    Args:
+        out: store folder.
+        plate: barcode.
+    """
+    (Path(out) / "plates" / f"{plate}.json").unlink(missing_ok=True)
+
+
 def write_plate(
     out: Path,
     plate: str,

@@ -11,6 +11,7 @@ from typing import Sequence
 from dinov2_cell.cli import (
     HelpFormatter,
     UsageError,
+    add_legacy_aliases,
     comma_list,
     common_parser,
     output_parser,
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         parents=[output_parser(help="output root (use it as the dataset root)"), workers_parser(1), common_parser()],
     )
+    add_legacy_aliases(p, workers=True)
     g = p.add_argument_group("plates")
     which = g.add_mutually_exclusive_group()
     which.add_argument(
