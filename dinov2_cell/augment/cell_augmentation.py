@@ -2,7 +2,8 @@
 
 Per crop: random resized crop (upstream's scale ranges, antialiased bilinear) -> elastic deformation -> flips ->
 rotation (right angles or any angle) -> channel-aware brightness/contrast jitter (clipped to [0, 1]) -> microscope
-noise (clipped to [0, 1]). Every crop (2 global, N local and the other-site
+noise (clipped to [0, 1]). With `device="model"` only the crop is done here (cheap resize, see
+`device.cheap_resize`) and `device.DeviceCellAugmentation` applies the rest, batched, on the training device. Every crop (2 global, N local and the other-site
 view) goes through the same pipeline with independently drawn parameters; upstream's per-crop RGB extras (colour
 jitter, grayscale, blur, solarize) are dropped. No ImageNet normalisation: outputs stay in [0, 1].
 See `transforms.py` for the formulas and how the paper's ambiguities are read.
@@ -15,6 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from dinov2_cell.augment.device import check_device_mode, cheap_resize
 from dinov2_cell.augment.transforms import (
     ChannelJitter,
     ElasticDeform,
@@ -54,6 +56,8 @@ class CellDataAugmentation:
         rotation: "none", "right_angles" or "any".
         hflip_p: probability of a horizontal flip.
         vflip_p: probability of a vertical flip.
+        device: "loader" (every augmentation here, per sample) or "model" (only the crops here; the per-pixel
+            augmentations run batched on the training device, see `dinov2_cell.augment.device`).
 
     Call: `aug(image)` or `aug(image, other_site=other_image)` with float C x H x W tensors in [0, 1]; returns
     upstream's dict (`global_crops`, `global_crops_teacher`, `local_crops`, `offsets`) plus `other_site_crops`
@@ -82,6 +86,7 @@ class CellDataAugmentation:
         rotation: str = "right_angles",
         hflip_p: float = 0.5,
         vflip_p: float = 0.5,
+        device: str = "loader",
     ):
         self.global_crops_scale = tuple(float(s) for s in global_crops_scale)
         self.local_crops_scale = tuple(float(s) for s in local_crops_scale)
@@ -99,11 +104,12 @@ class CellDataAugmentation:
         self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p)
         self.jitter = ChannelJitter(brightness, contrast, jitter_p)
         self.noise = MicroscopeNoise(noise_shot, noise_dark, noise_read, noise_p)
+        self.device = check_device_mode(device)
 
         logger.info(
             "CellDataAugmentation: global %s px scale %s, %d local %s px scale %s, other-site view %s, jitter "
             "(b=%s, c=%s, p=%s), noise (shot=%s, dark=%s, read=%s, p=%s), elastic (alpha=%s, sigma=%s, p=%s), "
-            "rotation %s, flips (h=%s, v=%s)",
+            "rotation %s, flips (h=%s, v=%s), per-pixel augmentations on the %s",
             self.global_crops_size,
             self.global_crops_scale,
             self.local_crops_number,
@@ -123,9 +129,10 @@ class CellDataAugmentation:
             rotation,
             hflip_p,
             vflip_p,
+            "training device" if self.device == "model" else "loader",
         )
 
-    def augment_crop(self, img: torch.Tensor, crop: RandomResizedCrop) -> torch.Tensor:
+    def augment_crop(self, img: torch.Tensor, crop: RandomResizedCrop, name: str = "image") -> torch.Tensor:
         """One view: crop, then the cell augmentations, each with its own random draw.
 
         Order: crop -> elastic deformation -> flips -> rotation -> jitter -> noise. Elastic, flips and rotation are
@@ -136,10 +143,17 @@ class CellDataAugmentation:
         Args:
             img: validated C x H x W float32 image in [0, 1].
             crop: the global or local RandomResizedCrop.
+            name: how error messages call the image ("image" or "other_site").
 
         Returns:
             A contiguous float32 C x S x S tensor in [0, 1].
         """
+        if self.device == "model":
+            top, left, h, w = crop.sample_params(img)
+            x = cheap_resize(img[None, :, top : top + h, left : left + w], crop.size)[0].contiguous()
+            # Only the crops are validated: they are what training sees, and checking them costs a third of
+            # checking both sites.
+            return check_image(x, name)
         x = crop(img)
         if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             x = x.clone()  # the steps below write in place
@@ -174,18 +188,19 @@ class CellDataAugmentation:
         Raises:
             ValueError/TypeError: bad input (see `transforms.check_image`), or other_site with another channel count.
         """
-        image = check_image(image, "image")
+        # In model mode only the crops' intensities are checked (in augment_crop).
+        image = check_image(image, "image", values=self.device == "loader")
         global_crops = [self.augment_crop(image, self.global_crop) for _ in range(2)]
         local_crops = [self.augment_crop(image, self.local_crop) for _ in range(self.local_crops_number)]
         other_site_crops = []
         if other_site is not None:
-            other_site = check_image(other_site, "other_site")
+            other_site = check_image(other_site, "other_site", values=self.device == "loader")
             if other_site.shape[0] != image.shape[0]:
                 raise ValueError(
                     f"other_site has {other_site.shape[0]} channels but image has {image.shape[0]}: both must be "
                     "sites of the same well, read with the same channels"
                 )
-            other_site_crops.append(self.augment_crop(other_site, self.global_crop))
+            other_site_crops.append(self.augment_crop(other_site, self.global_crop, "other_site"))
         return {
             "global_crops": global_crops,
             "global_crops_teacher": global_crops,

@@ -22,6 +22,7 @@ import torch
 
 from dinov2.loss import KoLeoLoss
 
+from dinov2_cell.augment.device import build_device_augmentation
 from dinov2_cell.plugin import import_upstream
 
 # upstream asserts xFormers when dinov2.train is imported; import_upstream does so without patching anything
@@ -55,6 +56,8 @@ class LocalAggregationMetaArch(SSLMetaArch):
                 self.local_aggregation_loss_weight,
                 self.local_aggregation_koleo_loss_weight,
             )
+        # augmentations.device: model -> per-pixel cell augmentations on the training device, at the step's start
+        self.device_augmentation = build_device_augmentation(cfg)
         self._defer_backprop = False
         self._deferred_loss = None
 
@@ -107,6 +110,8 @@ class LocalAggregationMetaArch(SSLMetaArch):
         return dino_term, koleo_term
 
     def forward_backward(self, images, teacher_temp):
+        if self.device_augmentation is not None:
+            images = self.device_augmentation.augment_batch(images, next(self.student.parameters()).device)
         if not self.do_local_aggregation:
             return super().forward_backward(images, teacher_temp)
         if OTHER_SITE_KEY not in images:

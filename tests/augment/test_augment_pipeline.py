@@ -1,8 +1,8 @@
 """CellDataAugmentation (contract 1) and collate_cell_data_and_cast (contract 2) against upstream's collate."""
 
 import functools
+import os
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +10,9 @@ from dinov2.data.collate import collate_data_and_cast
 from dinov2.data.masking import MaskingGenerator
 from omegaconf import OmegaConf
 
-import dinov2_cell
 from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 from dinov2_cell.augment.collate import collate_cell_data_and_cast
+from dinov2_cell.train.config import PLUGIN_DEFAULT_CONFIG, configs_dir
 
 KEYS = {"global_crops", "global_crops_teacher", "local_crops", "offsets", "other_site_crops"}
 
@@ -62,7 +62,7 @@ def test_no_normalisation_identity_when_everything_off(make_image):
 def test_upstream_do_train_construction_from_config(make_image):
     # The lead's registration: partial(CellDataAugmentation, **cfg.augmentations, other_site_view=...), then upstream
     # do_train's call with cfg.crops. Every config key must be a constructor keyword.
-    cfg = OmegaConf.load(Path(dinov2_cell.__file__).parent / "configs" / "cell_default_config.yaml")
+    cfg = OmegaConf.load(os.path.join(configs_dir(), PLUGIN_DEFAULT_CONFIG))
     factory = functools.partial(CellDataAugmentation, **cfg.augmentations, other_site_view=True)
     crops = OmegaConf.create(dict(global_crops_scale=[0.32, 1.0], local_crops_scale=[0.05, 0.32], local_crops_number=2))
     aug = factory(
