@@ -100,6 +100,10 @@ def load_teachers(options: EmbedOptions) -> list:
     unknown = [k for k in options.channels if k not in {n for n, _ in pairs}]
     if unknown:
         raise UsageError(f"--channels names unknown checkpoint(s) {unknown}")
+    # Check every path before the first (slow) model load, so a typo fails at once.
+    for _, path in pairs:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such checkpoint or run directory: {path!r}")
     device = default_device(options.device)
     models = [
         load_teacher(path, name=name, channels=options.channels.get(name), image_size=options.image_size, device=device)

@@ -134,7 +134,7 @@ set -euo pipefail
 plates=($(quote "${plate_arr[@]}"))
 k=$per_task; i=\$SLURM_ARRAY_TASK_ID
 $(quote "$python") -m dinov2_cell.embed $(quote "${ckpts[@]}") --data-root $(quote "$data_root") --out $(quote "$out") \\
-  --plates \"\${plates[@]:\$((i * k)):\$k}\" --no-merge $(quote ${extra[@]+"${extra[@]}"})"
+  --plates \"\$(IFS=,; echo \"\${plates[*]:\$((i * k)):\$k}\")\" --no-merge $(quote ${extra[@]+"${extra[@]}"})"
 jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_embed --array=0-$((tasks - 1)) --nodes=1 \
   --ntasks-per-node=1 --gpus-per-node=1 --cpus-per-task="$cpus" --time="${time_limit:-2:00:00}")
 merge="#!/usr/bin/env bash

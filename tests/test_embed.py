@@ -1,5 +1,7 @@
 """Embedding CLI and API: tiny teacher checkpoints, a stub dataset, synthetic plates for the subprocess run."""
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -179,3 +181,41 @@ def test_cli_help_and_tiny_run_on_synthetic_plates(tmp_path, runs):
     assert df["Metadata_pert_iname"].iloc[1] == "DMSO"  # A02 is a DMSO well in the real plate map
     sub = pd.read_csv(tmp_path / "o" / "submission.csv")
     assert list(sub["ID"]) == [f"{PLATE_9}_A01", f"{PLATE_9}_A02"]
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, runs):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.embed", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    missing = str(tmp_path / "no_such_run")
+    out = subprocess.run(cmd + ["--fluo", missing], capture_output=True, text=True, env=env, timeout=120)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and missing in lines[0], out.stderr
+    out = subprocess.run(cmd + ["--align-alpha", "2", "--fluo", runs["fluo"]], capture_output=True, text=True, env=env)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "--align-alpha" in lines[0], out.stderr
+
+
+def test_options_feed_parser_api_and_run_config(tmp_path, runs, factory):
+    from dinov2_cell.profiles.ssl import EmbedOptions
+
+    # Old spellings stay accepted for one release: space-separated --plates, --root, --workers.
+    old = ["--fluo", runs["fluo"], "--root", "r", "--out", "o", "--plates", PLATE_9, PLATE_16, "--workers", "0"]
+    opts = embed.options_from_args(embed.build_parser().parse_args(embed.join_space_separated(old)))
+    assert opts.plates == [PLATE_9, PLATE_16] and opts.data_root == "r" and opts.num_workers == 0
+    new = ["--fluo", runs["fluo"], "--data-root", "r", "--out", "o", "--plates", f"{PLATE_9},{PLATE_16}"]
+    new += ["--site-merge", "mean", "--no-merge", "--dataset-opt", "on_error=skip"]
+    opts = embed.options_from_args(embed.build_parser().parse_args(new))
+    assert opts == EmbedOptions(
+        checkpoints={"fluo": runs["fluo"]},
+        data_root="r",
+        out="o",
+        plates=[PLATE_9, PLATE_16],
+        site_merge="mean",
+        merge=False,
+        dataset_opt=["on_error=skip"],
+    )
+    # The recorded options are exactly the run config's settings besides the models.
+    embed.embed(dataclasses.replace(opts, out=str(tmp_path / "run"), progress=False), dataset_factory=factory)
+    saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert saved["settings"]["site_merge"] == "mean" and saved["source"]["dataset_kwargs"] == {"on_error": "skip"}
+    assert set(saved["settings"]) == {"models", "site_features", *opts.recorded()}

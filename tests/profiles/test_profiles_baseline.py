@@ -56,3 +56,29 @@ def test_baseline_profiles_resumable(tmp_path, stub_factory):
     assert len(stub_factory.calls) == n_calls + 1  # only the plate listing; no plate was read again
     with pytest.raises(FileExistsError, match="stride"):
         baseline.baseline_profiles("root", str(out), stride=3, **kw)
+
+
+def test_cli_tiny_run_and_bad_input(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dinov2_cell.synthetic import generate_plates
+
+    data = tmp_path / "plates"
+    generate_plates(data, plates=[PLATE_9], wells=["A01", "A02"], sites=9, size=24, progress=False)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.profiles.baseline", "--data-root", str(data), "--no-progress"]
+    out = subprocess.run(
+        cmd + ["--out", str(tmp_path / "b"), "--channels", "fluo"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(tmp_path / "b" / "profiles.parquet")
+    df = pd.read_parquet(out.stdout.strip())
+    assert list(df["Metadata_Well"]) == ["A01", "A02"] and df["Metadata_pert_iname"].iloc[1] == "DMSO"
+    # A plate the data root does not hold: one error line naming it, exit 2, nothing written.
+    bad = cmd + ["--out", str(tmp_path / "c"), "--plates", "BR00116995"]
+    out = subprocess.run(bad, capture_output=True, text=True, env=env)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and "BR00116995" in lines[0], out.stderr
+    assert not os.path.exists(tmp_path / "c" / "profiles.parquet")
