@@ -293,7 +293,8 @@ class CPJUMP1Dataset(Dataset):
             index: sample index.
 
         Returns:
-            C x H x W array (a fresh array the caller may modify).
+            C x H x W array; it may be a read-only view of a prepared store (check ``flags.writeable`` before
+            modifying it).
 
         Raises:
             DataReadError: unreadable input (names the file and the site).
@@ -339,7 +340,7 @@ class CPJUMP1Dataset(Dataset):
             p = self._source(index).site_percentiles(int(self._row[index]), (norm.low, norm.high))
             if p is not None:
                 return norm.scale(image, p, inplace=True)
-        # image is a fresh array owned here (raw read or division result): normalize it in place
+        # in place when image is a fresh float32 array (division result); read-only store views are copied
         return norm(image, plate, inplace=True)
 
     def other_site_index(self, index: int, rng: Any = None) -> int:

@@ -22,9 +22,10 @@ from importlib import resources
 
 import pandas as pd
 
+from dinov2_cell.columns import CELL_LINES
+
 BATCH = "2020_11_04_CPJUMP1"
 COMPOUND_PLATEMAP = "JUMP-Target-1_compound_platemap"
-CELL_LINES = ("U2OS", "A549")
 
 _FILES = {
     "experiment": "experiment-metadata.tsv",

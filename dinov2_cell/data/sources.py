@@ -50,7 +50,8 @@ class PlateSource(Protocol):
         """float32 C x H x W illumination functions of site ``i`` (None when it has none)."""
 
     def read(self, i: int) -> np.ndarray:
-        """Site ``i`` as the normaliser sees it: uint16, or float32 divided by its illumination functions."""
+        """Site ``i`` as the normaliser sees it: uint16 (possibly a read-only view), or float32 divided by its
+        illumination functions."""
 
     def site_percentiles(self, i: int, q: Sequence[float]) -> np.ndarray | None:
         """Precomputed (C, len(q)) percentiles of :meth:`read` (None when not available)."""
@@ -228,11 +229,14 @@ class StorePlateSource:
         return self.cache.get(("store", self.plate), load)
 
     def read(self, i: int) -> np.ndarray:
-        raw = self.read_raw(i)
-        return apply_illumination(raw, self.illumination(i))
+        # Without illumination functions this is a read-only view of the memory-mapped plate: the normaliser's
+        # float conversion is then the only pass over the site (no intermediate uint16 copy).
+        view = self.store.view(self.plate, int(self._rows[i]), self._channels)
+        return apply_illumination(view, self.illumination(i))
 
     def site_percentiles(self, i: int, q: Sequence[float]) -> np.ndarray | None:
-        return None
+        corrected = self.illum_mode != "no" and bool(self.store.plates[self.plate].get("illum"))
+        return self.store.percentiles(self.plate, int(self._rows[i]), self._channel_pos, q, corrected)
 
 
 def open_sources(

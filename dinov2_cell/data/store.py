@@ -6,6 +6,9 @@ Layout of a store folder::
     plates/<PLATE>.npy            uint16 array (n_sites, C, H, W), channels in store.json order
     plates/<PLATE>.index.csv      Metadata_Plate, Metadata_Well, Metadata_Site, ok   (line i = array row i)
     plates/<PLATE>.illum.npy      float32 (C, H, W) illumination functions (only when the source had them)
+    plates/<PLATE>.percentiles.npy float64 (n_sites, 2, C, len(STORE_PERCENTILES)): per-site, per-channel percentiles
+                                  of the raw image [0] and of the illumination-corrected image [1] (the same numbers
+                                  the percentile normaliser computes), so reading normalises without estimating them
     plates/<PLATE>.json           completion marker: shape, channels, counts (written last)
 
 Why this format: reading is the bottleneck of training (a fluorescent site is 5 x 1080 x 1080 x 2 bytes in 5
@@ -16,7 +19,7 @@ portable, and is easy to inspect. Raw uint16 values are kept (no normalization b
 chosen at training time, and illumination functions are copied so the store is self-contained. Chunked/compressed
 formats (zarr, HDF5) would save ~2x disk at the cost of decompression on every read, and need extra dependencies.
 
-Writing is resumable per plate: each plate is written to ``<PLATE>.npy.partial`` and renamed when complete; the
+Writing is resumable per plate: each plate is written to a temporary file and renamed when complete; the
 ``<PLATE>.json`` marker is written (atomically) last, and a plate whose marker exists is skipped on the next run.
 Sites that could not be read (only with ``on_error="skip"``) keep a zero-filled row and ``ok = 0`` in the index; the
 reader drops them.
@@ -34,7 +37,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from dinov2_cell.atomic import atomic_path, write_text
 from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
+from dinov2_cell.data.intensity import DEFAULT_PERCENTILES, apply_illumination, channel_percentiles
 from dinov2_cell.data.readers import read_illum, read_tiff
 
 logger = logging.getLogger("dinov2_cell.data")
@@ -42,6 +47,8 @@ logger = logging.getLogger("dinov2_cell.data")
 STORE_FORMAT = "dinov2_cell-plate-store"
 STORE_VERSION = 1
 MARKER = "store.json"
+# Percentiles precomputed per site and channel at prepare time (the normaliser's defaults and common alternatives).
+STORE_PERCENTILES = tuple(sorted({*DEFAULT_PERCENTILES, 0.0, 0.5, 1.0, 2.0, 98.0, 99.0, 99.5, 100.0}))
 
 
 def is_store(path: str | os.PathLike | None) -> bool:
@@ -56,20 +63,10 @@ def is_store(path: str | os.PathLike | None) -> bool:
     return path is not None and (Path(path) / MARKER).is_file()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,12 +105,14 @@ class PlateStore:
             self.plates[info["plate"]] = info
         self._mm: dict[str, np.ndarray] = {}
         self._illum: dict[str, np.ndarray | None] = {}
+        self._pct: dict[str, np.ndarray] = {}
 
     def __getstate__(self):
         # memmaps are reopened lazily in each process (DataLoader workers)
         state = dict(self.__dict__)
         state["_mm"] = {}
         state["_illum"] = {}
+        state["_pct"] = {}
         return state
 
     def site_index(self, plates: Sequence[str] | None = None) -> pd.DataFrame:
@@ -160,6 +159,19 @@ class PlateStore:
             self._mm[plate] = mm
         return mm
 
+    def view(self, plate: str, row: int, channels: Sequence[int] | slice) -> np.ndarray:
+        """One site without copying it (a read-only view of the memory map when ``channels`` is a slice).
+
+        Args:
+            plate: barcode.
+            row: row in the plate array.
+            channels: channel positions (store order) or a slice.
+
+        Returns:
+            uint16 C x H x W array; do not modify it.
+        """
+        return self._array(plate)[row, channels]
+
     def read(self, plate: str, row: int, channels: Sequence[int] | slice) -> np.ndarray:
         """Read one site.
 
@@ -173,6 +185,30 @@ class PlateStore:
         """
         mm = self._array(plate)
         return np.array(mm[row, channels], copy=True)
+
+    def percentiles(
+        self, plate: str, row: int, channels: Sequence[int], q: Sequence[float], corrected: bool
+    ) -> np.ndarray | None:
+        """Percentiles of one site precomputed at prepare time, or None when the store lacks them.
+
+        Args:
+            plate: barcode.
+            row: row in the plate array.
+            channels: channel positions (store order).
+            q: the wanted percentiles; each must be one of the stored ones (:data:`STORE_PERCENTILES`).
+            corrected: of the image divided by the plate's illumination functions (else of the raw image).
+
+        Returns:
+            float64 array (len(channels), len(q)), or None.
+        """
+        stored = self.plates[plate].get("percentiles")
+        if not stored or any(float(v) not in stored for v in q):
+            return None
+        arr = self._pct.get(plate)
+        if arr is None:
+            arr = self._pct[plate] = np.load(self.path / "plates" / f"{plate}.percentiles.npy", mmap_mode="r")
+        cols = [stored.index(float(v)) for v in q]
+        return np.asarray(arr[row, int(bool(corrected))][np.ix_(list(channels), cols)])
 
     def illum(self, plate: str) -> np.ndarray | None:
         """The plate's illumination functions (C x H x W, store channel order), or None."""
@@ -212,7 +248,7 @@ def init_store(out: str | os.PathLike, channels: Sequence[str]) -> Path:
         raise DataIndexError(f"--out {out} exists, is not empty and is not a store; refusing to write into it")
     (out / "plates").mkdir(parents=True, exist_ok=True)
     meta = {"format": STORE_FORMAT, "version": STORE_VERSION, "channel_names": list(channels)}
-    _atomic_write_text(marker, json.dumps(meta, indent=1) + "\n")
+    write_text(marker, json.dumps(meta, indent=1) + "\n")
     return out
 
 
@@ -286,7 +322,6 @@ def write_plate(
     paths = sites[[f"path_{ch}" for ch in channels]].to_numpy()
     plates_dir = out / "plates"
     final = plates_dir / f"{plate}.npy"
-    partial = plates_dir / f"{plate}.npy.partial"
 
     # The first readable site fixes the image shape of the plate.
     shape, first_ok = None, 0
@@ -302,37 +337,48 @@ def write_plate(
         raise DataIndexError(f"plate {plate}: no readable site")
 
     illum = _plate_illum(plate, sites, channels, shape)
+    for stale in plates_dir.glob(f".{plate}.*"):  # temporaries of this plate left by a killed run
+        stale.unlink(missing_ok=True)
     ok = np.ones(n, dtype=np.int8)
-    mm = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint16, shape=(n, c) + tuple(shape))
-    try:
-        for r in tqdm(range(n), desc=f"prepare {plate}", unit="site", disable=not progress, leave=False):
-            if r < first_ok:  # already found unreadable (and counted) while looking for the plate's shape
-                mm[r] = 0
-                ok[r] = 0
-                continue
-            try:
-                for ch in range(c):
-                    read_tiff(paths[r, ch], out=mm[r, ch], expected_shape=shape)
-            except DataReadError as e:
-                if on_error == "raise":
-                    raise DataReadError(
-                        f"plate {plate} well {sites.at[r, 'Metadata_Well']} site {sites.at[r, 'Metadata_Site']}: {e}",
-                        e.path,
-                    ) from e
-                skips.record("unreadable sites", str(e))
-                mm[r] = 0
-                ok[r] = 0
-        mm.flush()
-    except BaseException:
-        del mm
-        partial.unlink(missing_ok=True)
-        raise
-    del mm
-    os.replace(partial, final)
+    # Per-site percentiles of the image as the percentile normaliser sees it (raw, and divided by the illumination
+    # functions when the plate has them), so that reading from the store skips the per-image estimate.
+    pct = np.zeros((n, 2, c, len(STORE_PERCENTILES)), dtype=np.float64)
+    with atomic_path(final, suffix="") as tmp:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint16, shape=(n, c) + tuple(shape))
+        try:
+            for r in tqdm(range(n), desc=f"prepare {plate}", unit="site", disable=not progress, leave=False):
+                if r < first_ok:  # already found unreadable (and counted) while looking for the plate's shape
+                    mm[r] = 0
+                    ok[r] = 0
+                    continue
+                try:
+                    for ch in range(c):
+                        read_tiff(paths[r, ch], out=mm[r, ch], expected_shape=shape)
+                except DataReadError as e:
+                    if on_error == "raise":
+                        raise DataReadError(
+                            f"plate {plate} well {sites.at[r, 'Metadata_Well']} site {sites.at[r, 'Metadata_Site']}: "
+                            f"{e}",
+                            e.path,
+                        ) from e
+                    skips.record("unreadable sites", str(e))
+                    mm[r] = 0
+                    ok[r] = 0
+                    continue
+                pct[r, 0] = channel_percentiles(mm[r], STORE_PERCENTILES)
+                pct[r, 1] = (
+                    pct[r, 0]
+                    if illum is None
+                    else channel_percentiles(apply_illumination(mm[r], illum), STORE_PERCENTILES)
+                )
+            mm.flush()
+        finally:
+            del mm
+    _save_npy(plates_dir / f"{plate}.percentiles.npy", pct)
     if illum is not None:
-        _atomic_save_npy(plates_dir / f"{plate}.illum.npy", illum)
+        _save_npy(plates_dir / f"{plate}.illum.npy", illum)
     index = sites[["Metadata_Plate", "Metadata_Well", "Metadata_Site"]].assign(ok=ok)
-    _atomic_write_text(plates_dir / f"{plate}.index.csv", index.to_csv(index=False, lineterminator="\n"))
+    write_text(plates_dir / f"{plate}.index.csv", index.to_csv(index=False, lineterminator="\n"))
     info = {
         "plate": plate,
         "n_sites": int(n),
@@ -340,8 +386,9 @@ def write_plate(
         "shape": [int(n), int(c)] + [int(s) for s in shape],
         "channels": list(channels),
         "illum": illum is not None,
+        "percentiles": list(STORE_PERCENTILES),
     }
-    _atomic_write_text(plates_dir / f"{plate}.json", json.dumps(info, indent=1) + "\n")
+    write_text(plates_dir / f"{plate}.json", json.dumps(info, indent=1) + "\n")
     return info
 
 

@@ -37,6 +37,28 @@ def test_store_reads_like_tiffs(synth, store):
     assert len(via_key) == len(tiff)
 
 
+def test_store_normalises_with_percentiles_precomputed_at_prepare_time(synth, store, monkeypatch):
+    from dinov2_cell.data import intensity
+
+    cases = [dict(), dict(illum="no"), dict(percentile_low=1.0, percentile_high=99.0)]
+    expected = {}
+    for k, kw in enumerate(cases):
+        tiff = CPJUMP1Dataset(root=synth.out_dir, channels="Mito,DNA", **kw)
+        expected[k] = [tiff.get_image(i) for i in (0, 5)]
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("percentiles estimated at read time")
+
+    monkeypatch.setattr(intensity, "channel_percentiles", no_estimate)
+    for k, kw in enumerate(cases):
+        st = CPJUMP1Dataset(root=store, channels="Mito,DNA", **kw)
+        for got, want in zip([st.get_image(i) for i in (0, 5)], expected[k]):
+            assert torch.equal(got, want), kw
+    # percentiles the store does not hold fall back to the per-image estimate
+    with pytest.raises(AssertionError, match="read time"):
+        CPJUMP1Dataset(root=store, channels="DNA", percentile_low=3.0).get_image(0)
+
+
 def test_store_with_root_mixes_sources(synth, store, h, tmp_path):
     partial = tmp_path / "partial"
     prepare_store(synth.out_dir, partial, plates=[h.U2OS_PLATE], channels="fluo", progress=False)
@@ -55,12 +77,12 @@ def test_resumable_per_plate(synth, tmp_path, h):
     assert first["written"] == [h.A549_PLATE]
     marker = out / "plates" / f"{h.A549_PLATE}.json"
     stamp = marker.stat().st_mtime_ns
-    # an interrupted run leaves only a .partial file for the plate in progress
-    (out / "plates" / f"{h.U2OS_PLATE}.npy.partial").write_bytes(b"half")
+    # a killed run leaves only a hidden temporary array of the plate in progress
+    (out / "plates" / f".{h.U2OS_PLATE}.k1ll3d.npy").write_bytes(b"half")
     second = prepare_store(synth.out_dir, out, channels="DNA", progress=False)
     assert second["skipped_complete"] == [h.A549_PLATE] and second["written"] == [h.U2OS_PLATE]
     assert marker.stat().st_mtime_ns == stamp
-    assert not list((out / "plates").glob("*.partial")) and not list((out / "plates").glob("*.tmp"))
+    assert not list((out / "plates").glob(".*")), "temporaries left behind"
     assert sorted(PlateStore(out).plates) == sorted(synth.plates)
     with pytest.raises(DataIndexError, match="holds channels"):
         prepare_store(synth.out_dir, out, channels="fluo", progress=False)
