@@ -51,3 +51,18 @@ def test_readme_command_flags_exist(kind, name, words):
     assert not missing, f"{' '.join(words)}: {missing} not in the --help of {name}"
     for path in [w for w in words if w.startswith("configs/")]:
         assert os.path.isfile(os.path.join(REPO, path)), path
+
+
+def test_readme_uses_the_current_cli_vocabulary():
+    # Old spellings still parse (hidden aliases for one release) but the README teaches only the shared vocabulary.
+    for kind, name, words in ENTRIES:
+        line = " ".join(words)
+        assert "--root" not in words and "--workers" not in words, line
+        if "--out" in words:
+            out = words[words.index("--out") + 1]
+            assert not out.endswith((".parquet", ".csv")), f"{line}: --out is a folder"
+        if "--plates" in words:
+            value = words[words.index("--plates") + 1]
+            following = words[words.index("--plates") + 2 : words.index("--plates") + 3]
+            assert not (following and not following[0].startswith("-")), f"{line}: --plates takes A,B,..."
+            assert value and not value.startswith("-"), line
