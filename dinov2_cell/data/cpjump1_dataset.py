@@ -32,7 +32,8 @@ wells              None                list: keep only these wells
 cell_line          None                keep plates of this cell line (U2OS / A549; CPJUMP1 barcodes only)
 sites_per_well     None                max sites per well (default: each plate's usual count)
 channel_map        None                Phenix channel numbers, e.g. ``1/Mito,2/AGP,...,8/Brightfield``
-seed               0                   seed of the site sample used for ``plate`` statistics
+seed               0                   seed of the site sample used for ``plate`` statistics (sampled per plate
+                                       from (seed, barcode): a plate's statistics do not depend on the others)
 =================  ==================  ===========================================================================
 
 Discovery: if ``root`` (or ``store``) holds ``store.json`` it is read as a prepared store; otherwise ``root`` is walked
@@ -52,6 +53,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -404,8 +406,10 @@ class CPJUMP1Dataset(Dataset):
 
     def _plate_normalizer(self, low: float, high: float, n_sites: int, seed: int) -> PlateNormalizer:
         bounds = {}
-        rng = np.random.default_rng(seed)
         for code, plate in enumerate(tqdm(self.plates, desc="plate statistics", unit="plate", leave=False)):
+            # One generator per plate, seeded by (seed, barcode): a plate's sample, hence its statistics, does not
+            # depend on which other plates the dataset holds.
+            rng = np.random.default_rng([int(seed), zlib.crc32(plate.encode("utf-8"))])
             members = np.flatnonzero(self._plate_code == code)
             chosen = np.sort(rng.choice(members, size=min(int(n_sites), len(members)), replace=False))
             images = []

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.data.errors import DataIndexError, SkipLog, check_on_error
 from dinov2_cell.data.loaddata import ILLUM_MODES, INDEX_COLUMNS, LOAD_DATA_NAMES, read_load_data_csv
 from dinov2_cell.data.names import (
@@ -43,7 +44,7 @@ from dinov2_cell.data.phenix import scan_phenix_folder
 logger = logging.getLogger("dinov2_cell.data")
 
 SOURCES = ("auto", "csv", "scan")
-SITE_KEYS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+SITE_KEYS = [PLATE, WELL, SITE]
 
 
 @dataclass

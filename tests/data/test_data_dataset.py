@@ -107,6 +107,18 @@ def test_plate_normalization_and_filters(synth, h):
         CPJUMP1Dataset(root=synth.out_dir, channels="ER", plates=[h.A549_PLATE], cell_line="U2OS")
 
 
+def test_plate_statistics_do_not_depend_on_the_other_plates(synth):
+    kw = dict(root=synth.out_dir, channels="ER,DNA", normalize="plate", plate_stats_sites=3, seed=5)
+    both = CPJUMP1Dataset(**kw)
+    assert len(both.plates) == 2
+    for plate in both.plates:
+        alone = CPJUMP1Dataset(plates=[plate], **kw)
+        np.testing.assert_array_equal(alone.normalizer.bounds[plate], both.normalizer.bounds[plate])
+    # the sample is a real choice (3 of 24 sites): another seed gives other statistics
+    other = CPJUMP1Dataset(**{**kw, "seed": 6})
+    assert any(not np.array_equal(other.normalizer.bounds[p], both.normalizer.bounds[p]) for p in both.plates)
+
+
 def test_site_metadata_join(ds, synth):
     meta = ds.site_metadata()
     assert len(meta) == len(ds)
