@@ -3,7 +3,7 @@
 Builds the teacher backbone of a config (random weights: throughput does not depend on them) and reports
 
 * ``model``: ``forward_features`` + concat(CLS, mean patch) on batches already on the device, per precision;
-* ``pipeline``: :func:`dinov2_cell.embed.embed_dataset` end to end on a dataset of random ``--source-size`` images
+* ``pipeline``: :func:`dinov2_cell.profiles.ssl.embed_dataset` end to end on a dataset of random ``--source-size`` images
   (resize to the model size in ``--num-workers`` DataLoader workers, transfer, forward). Reading TIFFs is not
   included (see ``benchmarks/read_sites.py``);
 * with ``--check``: max |difference| and min cosine similarity of site vectors computed on the device (each
@@ -22,8 +22,9 @@ import torch
 from dinov2_cell.plugin import install
 
 install()  # the same upstream patches the embedding CLI's model loading applies
-from dinov2_cell.embed import PRECISIONS, TeacherModel, embed_dataset, prepare_image, site_features
 from dinov2_cell.models.multichannel_vit import build_model
+from dinov2_cell.models.teacher import TeacherModel, site_features
+from dinov2_cell.profiles.ssl import autocast_dtype, embed_dataset, prepare_image
 from dinov2_cell.train.config import build_config
 
 
@@ -77,7 +78,7 @@ def main(argv=None):
 
     x = torch.rand(args.batch, c, size, size, device=device)
     for prec in precisions:
-        dtype = PRECISIONS[prec]
+        dtype = autocast_dtype(prec)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             site_features(backbone, x)  # warm-up (kernel selection, allocator)
             _sync(device)

@@ -12,6 +12,8 @@ BROAD = "Metadata_broad_sample"
 PERT = "Metadata_pert_iname"
 TARGET = "Metadata_target"
 CELL_LINE = "Metadata_cell_line"
+# Sites that contributed to a well (written by featurisers that average sites).
+N_SITES = "Metadata_n_sites"
 # Every well-level profile table carries these (DMSO wells have PERT == "DMSO" and an empty BROAD).
 PROFILE_METADATA = (PLATE, WELL, BROAD, PERT, TARGET, CELL_LINE)
 CONTROL_NAME = "DMSO"

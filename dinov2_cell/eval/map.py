@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.eval.normalize import METHODS, normalize_profiles
-from dinov2_cell.profiles.io import BROAD, CELL_LINE, PLATE, TARGET, check_profiles, is_control, read_profiles
+from dinov2_cell.columns import BROAD, CELL_LINE, PLATE, TARGET
+from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
 

@@ -18,7 +18,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dinov2_cell.profiles.io import PLATE, WELL, check_profiles
+from dinov2_cell.columns import PLATE, WELL
+from dinov2_cell.profiles.io import check_profiles
 
 logger = logging.getLogger("dinov2_cell.profiles")
 

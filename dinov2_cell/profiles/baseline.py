@@ -45,7 +45,7 @@ from dinov2_cell.cli import (
     setup_logging,
     workers_parser,
 )
-from dinov2_cell.columns import PLATE, WELL
+from dinov2_cell.columns import N_SITES, PLATE, WELL
 from dinov2_cell.profiles.driver import BaseFeaturiser, DatasetFactory, PlateSource, run_profiles, site_index
 from dinov2_cell.profiles.sites import iterate_sites
 
@@ -67,8 +67,6 @@ CHANNEL_STATS = (
     "bg_mean",
 )
 _EPS = 1e-8
-# Sites that contributed to a well (a string, as every Metadata_ column).
-N_SITES = "Metadata_n_sites"
 
 
 def auto_stride(height: int, width: int) -> int:

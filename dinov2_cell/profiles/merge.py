@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dinov2_cell.profiles.io import PLATE, SITE, WELL
+from dinov2_cell.columns import PLATE, SITE, WELL
 
 logger = logging.getLogger("dinov2_cell.profiles")
 

@@ -172,6 +172,22 @@ def prepare_image(img, image_size: int, patch_size: int):
     )[0]
 
 
+def autocast_dtype(precision: str):
+    """The autocast dtype of a precision name (``None`` for fp32: no autocast).
+
+    Args:
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+
+    Returns:
+        A torch dtype or ``None``.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def embed_dataset(
     model,
     dataset,
@@ -201,9 +217,7 @@ def embed_dataset(
 
     from dinov2_cell.models.teacher import site_features
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = autocast_dtype(precision)
     device = torch.device(device)
     resize = functools.partial(prepare_image, image_size=model.image_size, patch_size=model.patch_size)
     out = []
