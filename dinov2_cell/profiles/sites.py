@@ -1,13 +1,133 @@
-"""Per-site work in DataLoader workers, shared by every featuriser that reads images.
+"""Where a plate's sites come from, and per-site work in DataLoader workers, shared by every featuriser.
 
-:class:`MappedSites` applies a function to ``dataset.get_image(i)`` inside the workers (resizing for a ViT, or a
-whole classical feature vector), and :func:`iterate_sites` yields the results in batches in dataset order with a
-progress bar. torch is imported only when a loader is built.
+:class:`PlateSource` (data root, channel group, dataset keywords, dataset builder) opens a plate's dataset;
+:func:`site_index` is its per-site table. :class:`MappedSites` applies a function to ``dataset.get_image(i)``
+inside the workers (resizing for a ViT, or a whole classical feature vector), and :func:`iterate_sites` yields the
+results in batches in dataset order with a progress bar. torch is imported only when a loader is built.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from dinov2_cell.columns import PLATE, SITE, WELL
+
+# f(root, plates or None, channels, **kwargs) -> dataset with ``index`` (Metadata_Plate/Well/Site), len, get_image.
+DatasetFactory = Callable[..., object]
+
+
+def default_dataset_factory(root: str, plates: Sequence[str] | None, channels, **kwargs):
+    """Build the CPJUMP1 dataset for ``plates`` (``None`` = all under ``root``) and ``channels``.
+
+    Args:
+        root: data root (LoadData CSVs, Phenix folders or a prepared store).
+        plates: barcodes or ``None``.
+        channels: channel spec (``"fluo"``, ``"bf"``, ``"all"`` or names).
+        **kwargs: further constructor keywords (e.g. normalisation).
+
+    Returns:
+        The dataset.
+    """
+    from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
+
+    return CPJUMP1Dataset(root=root, plates=None if plates is None else list(plates), channels=channels, **kwargs)
+
+
+def site_index(dataset) -> pd.DataFrame:
+    """The dataset's per-sample table (``index``, ``samples`` or ``sites``): Metadata_Plate, Metadata_Well, _Site.
+
+    Args:
+        dataset: a CPJUMP1-like dataset.
+
+    Returns:
+        DataFrame with those three columns, one row per ``get_image`` index.
+
+    Raises:
+        ValueError: no such table, a column missing, or a length mismatch (named).
+    """
+    table = None
+    for attr in ("index", "samples", "sites"):
+        cand = getattr(dataset, attr, None)
+        if isinstance(cand, pd.DataFrame):
+            table = cand
+            break
+    if table is None:
+        raise ValueError(f"{type(dataset).__name__}: no per-site DataFrame (expected attribute 'index' or 'samples')")
+    missing = [c for c in (PLATE, WELL, SITE) if c not in table.columns]
+    if missing:
+        raise ValueError(f"{type(dataset).__name__}.index: missing column(s) {missing}")
+    if len(table) != len(dataset):
+        raise ValueError(f"{type(dataset).__name__}: index has {len(table)} rows but the dataset {len(dataset)} items")
+    return table[[PLATE, WELL, SITE]].reset_index(drop=True)
+
+
+@dataclass
+class PlateSource:
+    """Where a plate's images come from: data root, channel group and dataset options.
+
+    Attributes:
+        data_root: dataset root.
+        channels: channel spec (``fluo``, ``bf``, ``all`` or names).
+        dataset_kwargs: further dataset keywords (normalisation, ``on_error``, ...).
+        factory: dataset builder (default: :func:`default_dataset_factory`).
+    """
+
+    data_root: str
+    channels: object = "all"
+    dataset_kwargs: dict = field(default_factory=dict)
+    factory: DatasetFactory | None = None
+
+    def open(self, plates: Sequence[str] | None = None, **overrides):
+        """The dataset of ``plates`` (``None`` = every plate under the root).
+
+        Args:
+            plates: barcodes or ``None``.
+            **overrides: ``channels`` and/or dataset keywords replacing this source's.
+
+        Returns:
+            The dataset.
+        """
+        channels = overrides.pop("channels", self.channels)
+        factory = self.factory or default_dataset_factory
+        return factory(
+            self.data_root, None if plates is None else list(plates), channels, **{**self.dataset_kwargs, **overrides}
+        )
+
+    def with_options(self, channels=None, dataset_kwargs: Mapping | None = None) -> "PlateSource":
+        """A copy with another channel group and extra dataset keywords (this source's keywords are overridden).
+
+        Args:
+            channels: channel spec (default: unchanged).
+            dataset_kwargs: keywords merged over this source's.
+
+        Returns:
+            The new source.
+        """
+        return replace(
+            self,
+            channels=self.channels if channels is None else channels,
+            dataset_kwargs={**self.dataset_kwargs, **dict(dataset_kwargs or {})},
+        )
+
+    def list_plates(self) -> list[str]:
+        """Plates found under the root (by indexing it once).
+
+        Returns:
+            Sorted barcodes.
+        """
+        return sorted(site_index(self.open(None))[PLATE].astype(str).unique())
+
+    def describe(self) -> dict:
+        """JSON description for the run config (data root, channels, dataset keywords)."""
+        return {
+            "data_root": os.path.abspath(self.data_root),
+            "channels": self.channels if isinstance(self.channels, str) else list(self.channels),
+            "dataset_kwargs": {k: str(v) for k, v in sorted(self.dataset_kwargs.items())},
+        }
 
 
 class MappedSites:
