@@ -1,30 +1,22 @@
-"""Install dinov2_cell; `patches/` becomes the subpackage `dinov2_cell.patches`.
+"""Install dinov2_cell; `patches/` becomes the subpackage `dinov2_cell.patches`, `configs/` the folder
+`dinov2_cell/configs`.
 
 Compatible ranges only: exact tested pins live in requirements.txt (used by `make install`). Upstream DINOv2
 must be installed separately with `pip install --no-deps dinov2==0.0.1.dev2`.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="dinov2_cell",
     version="0.1.0",
     description="Local-aggregation DINOv2 for Cell Painting profiling (CPJUMP1), as a plugin of upstream DINOv2",
     python_requires=">=3.10",
-    packages=[
-        "dinov2_cell",
-        "dinov2_cell.patches",
-        "dinov2_cell.data",
-        "dinov2_cell.synthetic",
-        "dinov2_cell.augment",
-        "dinov2_cell.models",
-        "dinov2_cell.train",
-        "dinov2_cell.run",
-        "dinov2_cell.eval",
-        "dinov2_cell.profiles",
-    ],
-    package_dir={"dinov2_cell.patches": "patches"},
-    package_data={"dinov2_cell": ["configs/*.yaml", "data/cpjump1/*"]},
+    # Every package under dinov2_cell/, plus two top-level folders installed inside it: patches/ as
+    # dinov2_cell.patches and the YAML configs in configs/ as dinov2_cell/configs (addressable by name).
+    packages=find_packages(include=["dinov2_cell", "dinov2_cell.*"]) + ["dinov2_cell.patches", "dinov2_cell.configs"],
+    package_dir={"dinov2_cell.patches": "patches", "dinov2_cell.configs": "configs"},
+    package_data={"dinov2_cell": ["data/cpjump1/*"], "dinov2_cell.configs": ["*.yaml"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

@@ -24,10 +24,7 @@ import time
 logger = logging.getLogger("dinov2_cell.demo")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = {
-    "fluo": os.path.join(REPO, "configs", "tiny_cpu_fluo.yaml"),
-    "bf": os.path.join(REPO, "configs", "tiny_cpu_bf.yaml"),
-}
+CONFIGS = {"fluo": "tiny_cpu_fluo", "bf": "tiny_cpu_bf"}  # packaged configs, by name
 MODELS = {
     "ssl_local_aggregation": "SSL, local aggregation (the method)",
     "ssl_no_local_aggregation": "SSL, local aggregation off",
@@ -102,7 +99,9 @@ def dataset_path(config_file: str, root: str) -> str:
     """The config's dataset string with `root` pointed at the demo's plates (its other keys, e.g. normalize, kept)."""
     from omegaconf import OmegaConf
 
-    tokens = str(OmegaConf.load(config_file).train.dataset_path).split(":")
+    from dinov2_cell.train.config import resolve_config_file
+
+    tokens = str(OmegaConf.load(resolve_config_file(config_file)).train.dataset_path).split(":")
     return ":".join([tokens[0], f"root={root}"] + [t for t in tokens[1:] if not t.startswith("root=")])
 
 

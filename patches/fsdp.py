@@ -8,13 +8,16 @@
    refuses CPU parameters. Fix on CPU: `device_id=cpu`, `sync_module_states=False`, and an explicit broadcast of
    parameters and buffers from rank 0 before wrapping when world size > 1. When: CPU only.
 3. `FSDPCheckpointer.load` goes through fvcore's `torch.load`, which torch >= 2.6 runs with `weights_only=True`:
-   "Unsupported global: GLOBAL numpy._core.multiarray.scalar". Fix: our own trusted checkpoints (and only those: the
-   files this checkpointer wrote) load with `weights_only=False`. When: GPU and CPU.
+   "Unsupported global: GLOBAL numpy._core.multiarray.scalar" (upstream's schedules put numpy scalars into the
+   optimizer's param groups). Fix: load with `weights_only=True` and allow exactly the numpy scalar and dtype types
+   those values pickle as (`NUMPY_SAFE_GLOBALS`), so a crafted pickle in a checkpoint is refused instead of run.
+   When: GPU and CPU, on resume.
 4. Single-process FSDP (NO_SHARD) with `StateDictType.LOCAL_STATE_DICT` is upstream issue #273 (save fails). Fix: a
    module tree with no sharded FSDP unit is saved/loaded with `FULL_STATE_DICT`; sharded trees keep upstream's
    `LOCAL_STATE_DICT`. When: GPU and CPU, world size 1 or `sharding_strategy: NO_SHARD`.
 """
 
+import contextlib
 import functools
 import os
 
@@ -94,9 +97,29 @@ def _load(self, *args, **kwargs):
         return Checkpointer.load(self, *args, **kwargs)
 
 
+def numpy_safe_globals() -> list:
+    """The numpy globals a training checkpoint may hold: `multiarray.scalar`, `dtype` and the scalar dtype classes.
+
+    Returns:
+        The list for `torch.serialization.safe_globals`.
+    """
+    import numpy as np
+
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    scalar_types = (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.bool_)
+    return [multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in scalar_types}]
+
+
 def _load_file(self, f):
-    # Only files written by this checkpointer reach here (resume), so unpickling them is trusted.
-    return torch.load(f, map_location=torch.device("cpu"), weights_only=False)
+    """Loads with `weights_only=True`: tensors, containers, Python scalars and the numpy types allowed above."""
+    allowed = numpy_safe_globals()
+    if hasattr(torch.serialization, "safe_globals"):
+        scope = torch.serialization.safe_globals(allowed)
+    else:  # torch 2.4 has only the process-wide allow-list
+        torch.serialization.add_safe_globals(allowed)
+        scope = contextlib.nullcontext()
+    with scope:
+        return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
 
 
 def apply():

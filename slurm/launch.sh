@@ -9,15 +9,25 @@ Usage: slurm/launch.sh COMMAND [options]
 
 Commands:
   train   the fluorescent and the brightfield model as one 2-task array (task 0 = fluo, task 1 = bf);
-          each task runs `python -m dinov2_cell.run.train` under srun on --nodes x --gpus GPUs, requeued on
-          preemption and resumed from its last checkpoint.
+          each task runs `python -m dinov2_cell.run.train` under srun on --nodes x --gpus-per-node GPUs,
+          requeued on preemption and resumed from its last checkpoint.
   embed   per-plate embedding extraction as an array (one task per chunk of --plates-per-task plates), then a
           merge job that depends on the whole array (afterok) and writes the merged profiles + submission CSV.
 
-Common options:
-  --partition P        SLURM partition (default: $SLURM_PARTITION or SLURM's default)
-  --account A          SLURM account (default: $SLURM_ACCOUNT)
-  --time T             time limit per task, SLURM syntax (default 48:00:00 for train, 2:00:00 for embed)
+SLURM options (the same names, units and defaults as `python -m dinov2_cell.run.train --slurm`):
+  --partition P        partition (default: $SLURM_PARTITION or SLURM's default)
+  --account A          account (default: $SLURM_ACCOUNT)
+  --qos Q              quality of service
+  --time T             time limit per task, SLURM syntax: minutes, HH:MM:SS or D-HH:MM:SS
+                       (default 48:00:00 for train, 2:00:00 for embed)
+  --nodes N            train: nodes per task (default 1)
+  --gpus-per-node G    train: GPUs per node, one task each (default 4)
+  --cpus-per-gpu C     CPU cores per GPU task (default 10)
+  --mem-gb M           memory per node in GB (default: SLURM's)
+  --exclude NODES      nodes to exclude
+  --comment TEXT       comment passed to the scheduler
+
+Other options:
   --python PY          python of the environment that has dinov2_cell (default: python)
   --logs DIR           where SLURM writes stdout/stderr (default: slurm_logs)
   --dry-run            print the sbatch commands and job scripts instead of submitting
@@ -25,11 +35,8 @@ Common options:
 
 train options:
   --output-root DIR    runs go to DIR/fluo and DIR/bf (required)
-  --fluo-config F      default configs/cpjump1_vits14_fluo.yaml
-  --bf-config F        default configs/cpjump1_vits14_bf.yaml
-  --nodes N            nodes per task (default 1)
-  --gpus G             GPUs per node (default 4)
-  --cpus-per-gpu C     default 10
+  --fluo-config F      packaged config name or yaml file (default cpjump1_vits14_fluo)
+  --bf-config F        packaged config name or yaml file (default cpjump1_vits14_bf)
   extra `key=value` arguments after `--` are passed to both trainings as config overrides
 
 embed options:
@@ -37,7 +44,7 @@ embed options:
   --bf RUN             brightfield training output dir (or teacher checkpoint)
   --data-root DIR      plates (LoadData CSVs / Phenix folders / prepared store) (required)
   --out DIR            profiles output dir (required)
-  --plates "A B ..."   plate barcodes (default: the 24 compound plates of 2020_11_04_CPJUMP1)
+  --plates A,B,...     comma-separated plate barcodes (default: the 24 compound plates of 2020_11_04_CPJUMP1)
   --plates-per-task K  default 1
   extra arguments after `--` are passed to `python -m dinov2_cell.embed`
 
@@ -52,13 +59,18 @@ cmd=$1; shift
 case "$cmd" in -h|--help) usage; exit 0;; train|embed) ;; *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;; esac
 
 partition=${SLURM_PARTITION:-}; account=${SLURM_ACCOUNT:-}; time_limit=""; python=python; logs=slurm_logs; dry=0
-output_root=""; fluo_config=configs/cpjump1_vits14_fluo.yaml; bf_config=configs/cpjump1_vits14_bf.yaml
+qos=""; mem_gb=""; exclude=""; comment=""
+output_root=""; fluo_config=cpjump1_vits14_fluo; bf_config=cpjump1_vits14_bf
 nodes=1; gpus=4; cpus=10; fluo=""; bf=""; data_root=""; out=""; plates=""; per_task=1; extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --partition) partition=$2; shift 2;;
     --account) account=$2; shift 2;;
+    --qos) qos=$2; shift 2;;
     --time) time_limit=$2; shift 2;;
+    --mem-gb) mem_gb=$2; shift 2;;
+    --exclude) exclude=$2; shift 2;;
+    --comment) comment=$2; shift 2;;
     --python) python=$2; shift 2;;
     --logs) logs=$2; shift 2;;
     --dry-run) dry=1; shift;;
@@ -66,8 +78,13 @@ while [ $# -gt 0 ]; do
     --fluo-config) fluo_config=$2; shift 2;;
     --bf-config) bf_config=$2; shift 2;;
     --nodes) nodes=$2; shift 2;;
-    --gpus) gpus=$2; shift 2;;
+    --gpus-per-node) gpus=$2; shift 2;;
     --cpus-per-gpu) cpus=$2; shift 2;;
+    # old spellings, kept for one release: --gpus / --ngpus, --cpus-per-task, --timeout (minutes, as SLURM reads
+    # a bare number)
+    --gpus|--ngpus) gpus=$2; shift 2;;
+    --cpus-per-task) cpus=$2; shift 2;;
+    --timeout) time_limit=$2; shift 2;;
     --fluo) fluo=$2; shift 2;;
     --bf) bf=$2; shift 2;;
     --data-root) data_root=$2; shift 2;;
@@ -83,6 +100,10 @@ done
 common=(--parsable --output="$logs/%x_%A_%a.out" --error="$logs/%x_%A_%a.err")
 [ -n "$partition" ] && common+=(--partition="$partition")
 [ -n "$account" ] && common+=(--account="$account")
+[ -n "$qos" ] && common+=(--qos="$qos")
+[ -n "$mem_gb" ] && common+=(--mem="${mem_gb}G")
+[ -n "$exclude" ] && common+=(--exclude="$exclude")
+[ -n "$comment" ] && common+=(--comment="$comment")
 
 # submit SCRIPT ARGS...: prints the job id (or, with --dry-run, the command and the script, and a fake id)
 submit() {
@@ -124,7 +145,7 @@ fi
 if [ -z "$plates" ]; then
   plates=$("$python" -c "from dinov2_cell.data.metadata import compound_plates; print(' '.join(compound_plates()))")
 fi
-read -r -a plate_arr <<< "$plates"
+IFS=', ' read -r -a plate_arr <<< "$plates"  # comma-separated (spaces still accepted)
 n=${#plate_arr[@]}; tasks=$(( (n + per_task - 1) / per_task ))
 ckpts=()
 [ -n "$fluo" ] && ckpts+=(--fluo "$fluo")

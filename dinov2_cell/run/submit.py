@@ -16,21 +16,73 @@ logger = logging.getLogger("dinov2_cell")
 SUBMITIT_DIR = "submitit"  # inside --output-dir; ignored when deciding whether the output dir is empty
 
 
+def slurm_time_minutes(value: str) -> int:
+    """argparse type for `--time` in SLURM's syntax, as whole minutes (rounded up).
+
+    Accepts what `sbatch --time` accepts: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`.
+
+    Args:
+        value: the raw flag value, e.g. `48:00:00`, `2-00:00:00` or `2880`.
+
+    Returns:
+        The time limit in minutes (at least 1).
+    """
+    text = str(value).strip()
+    try:
+        days, _, rest = text.rpartition("-") if "-" in text else ("0", "", text)
+        parts = [int(p) for p in rest.split(":")]
+        days = int(days)
+        if days < 0 or any(p < 0 for p in parts) or not 1 <= len(parts) <= 3:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS), got {value!r}"
+        ) from None
+    if "-" in text:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:  # H:M:S
+        h, m, s = parts
+    else:  # M or M:S
+        h, m, s = 0, parts[0], parts[1] if len(parts) == 2 else 0
+    minutes = days * 1440 + h * 60 + m + (1 if s else 0)
+    if minutes < 1:
+        raise argparse.ArgumentTypeError(f"the time limit must be at least one minute, got {value!r}")
+    return minutes
+
+
 def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the SLURM options (used only with --slurm) to a parser."""
-    g = parser.add_argument_group("SLURM (with --slurm)")
+    """Adds the SLURM options (used only with --slurm) to a parser.
+
+    The names, units and defaults are those of `slurm/launch.sh train`: `--nodes`, `--gpus-per-node` (default 4,
+    the paper's setup), `--cpus-per-gpu`, `--time` in SLURM syntax, `--partition`, `--account`, `--qos`, `--mem-gb`,
+    `--exclude`, `--comment`. The old spellings `--ngpus`, `--gpus`, `--cpus-per-task` and `--timeout` (minutes)
+    are accepted for one release and hidden from the help.
+
+    Args:
+        parser: the parser to extend.
+
+    Returns:
+        The same parser.
+    """
+    g = parser.add_argument_group("SLURM (with --slurm; the same options as slurm/launch.sh train)")
     g.add_argument("--slurm", action="store_true", help="submit to SLURM through submitit instead of running here")
     g.add_argument("--nodes", type=int, default=1, help="nodes to request (default 1)")
-    g.add_argument("--ngpus", "--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
-    g.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per GPU task (default 10)")
-    g.add_argument("--mem-gb", type=int, default=0, help="memory per node in GB (default: SLURM's)")
+    g.add_argument("--gpus-per-node", type=int, default=4, help="GPUs per node, one task each (default 4)")
+    g.add_argument("--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU task (default 10)")
+    g.add_argument(
+        "--time",
+        type=slurm_time_minutes,
+        default=48 * 60,
+        metavar="T",
+        help="time limit, SLURM syntax: minutes, HH:MM:SS or D-HH:MM:SS (default 48:00:00)",
+    )
     g.add_argument("--partition", default=os.environ.get("SLURM_PARTITION", ""), help="partition (env SLURM_PARTITION)")
     g.add_argument("--account", default=os.environ.get("SLURM_ACCOUNT", ""), help="account (env SLURM_ACCOUNT)")
     g.add_argument("--qos", default="", help="quality of service")
-    g.add_argument("--timeout", type=int, default=2880, help="job time limit in minutes (default 2880 = 48 h)")
-    g.add_argument("--comment", default="", help="comment passed to the scheduler")
+    g.add_argument("--mem-gb", type=int, default=0, help="memory per node in GB (default: SLURM's)")
     g.add_argument("--exclude", default="", help="nodes to exclude")
-    g.add_argument("--job-name", default="dinov2_cell", help="SLURM job name")
+    g.add_argument("--comment", default="", help="comment passed to the scheduler")
+    g.add_argument("--job-name", default="dinov2_cell_train", help="SLURM job name")
     g.add_argument(
         "--submitit-cluster",
         default=None,
@@ -38,6 +90,12 @@ def add_slurm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="submitit backend (default: slurm if available); 'local' runs the task here, as the tests do",
     )
     g.add_argument("--wait", action="store_true", help="block until the job ends and print its result")
+    # Old spellings, kept for one release.
+    g.add_argument(
+        "--ngpus", "--gpus", dest="gpus_per_node", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    g.add_argument("--cpus-per-task", dest="cpus_per_gpu", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    g.add_argument("--timeout", dest="time", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # minutes
     return parser
 
 
@@ -79,11 +137,11 @@ def submit(args: argparse.Namespace):
     executor = submitit.AutoExecutor(folder=folder, cluster=args.submitit_cluster, slurm_max_num_timeout=30)
     params = dict(
         name=args.job_name,
-        timeout_min=args.timeout,
+        timeout_min=args.time,
         nodes=args.nodes,
-        tasks_per_node=args.ngpus,
-        gpus_per_node=args.ngpus,
-        cpus_per_task=args.cpus_per_task,
+        tasks_per_node=args.gpus_per_node,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_task=args.cpus_per_gpu,
     )
     if args.mem_gb:
         params["mem_gb"] = args.mem_gb

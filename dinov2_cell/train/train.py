@@ -10,7 +10,6 @@ environment decides; see `dinov2.distributed.enable`).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from functools import partial
@@ -19,39 +18,10 @@ import torch
 
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
-from dinov2_cell.train.config import build_config, check_output_dir, write_config
+from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
 
 logger = logging.getLogger("dinov2")
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Arguments of the training main (also used by `python -m dinov2_cell.run.train`)."""
-    parser = argparse.ArgumentParser("dinov2_cell training", add_help=add_help)
-    parser.add_argument("--config-file", default="", metavar="FILE", help="experiment yaml (overrides only)")
-    parser.add_argument(
-        "--output-dir",
-        "--output_dir",
-        default="",
-        help="where logs, config.yaml, checkpoints and eval/*/teacher_checkpoint.pth go (default: ./output)",
-    )
-    parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --output-dir")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (each rank adds its rank)")
-    parser.add_argument("opts", nargs="*", default=[], help="config overrides, key=value ... (anywhere on the line)")
-    return parser
-
-
-def prepare_config(args):
-    """Builds the config and checks the output dir; writes nothing (bad input fails before any file exists)."""
-    args.output_dir = os.path.abspath(args.output_dir or "output")
-    opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
-    cfg = build_config(args.config_file, opts)
-    # Only one process decides (others would race on the files rank 0 is creating).
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-        resuming = check_output_dir(cfg, args.output_dir)
-        if resuming and args.no_resume:
-            raise FileExistsError(f"--no-resume with an output dir that already holds this run: {args.output_dir}")
-    return cfg
 
 
 def setup(args, cfg):
@@ -111,7 +81,3 @@ def main(args) -> str:
     path = os.path.join(cfg.train.output_dir, "eval", "final", "teacher_checkpoint.pth")
     logger.info("final teacher checkpoint: %s", path)
     return path
-
-
-if __name__ == "__main__":
-    main(get_args_parser().parse_intermixed_args())

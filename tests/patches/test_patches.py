@@ -4,6 +4,7 @@ import importlib
 import pickle
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,12 +132,60 @@ def test_cuda_synchronize_is_a_noop_without_cuda():
 
 
 def test_checkpoint_with_numpy_scalars_loads(tmp_path):
-    """fvcore's torch.load would run weights_only=True on torch >= 2.6 and reject numpy scalars in our checkpoints."""
+    """fvcore's torch.load runs weights_only=True on torch >= 2.6, which rejects numpy scalars unless allowed."""
     import numpy as np
     from dinov2.fsdp import FSDPCheckpointer
 
     model = torch.nn.Linear(2, 2)
     ckpt = FSDPCheckpointer(model, str(tmp_path))
     path = tmp_path / "x.pth"
-    torch.save({"model": model.state_dict(), "iteration": np.int64(3), "loss": np.float64(0.5)}, path)
-    assert int(ckpt._load_file(str(path))["iteration"]) == 3
+    values = {"iteration": np.int64(3), "loss": np.float64(0.5), "lr": np.float32(0.25), "flag": np.bool_(True)}
+    torch.save({"model": model.state_dict(), **values}, path)
+    with pytest.raises(pickle.UnpicklingError):  # without the allow-list
+        torch.load(path, weights_only=True)
+    loaded = ckpt._load_file(str(path))
+    assert {k: (type(loaded[k]), loaded[k]) for k in values} == {k: (type(v), v) for k, v in values.items()}
+
+
+class _RunsCodeWhenUnpickled:
+    """Unpickling calls `Path.touch(marker)`: a stand-in for any code a crafted checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_crafted_pickle_in_a_checkpoint_is_refused_and_normal_resume_works(tmp_path):
+    import dinov2.distributed as distributed
+    from dinov2.fsdp import FSDPCheckpointer
+    from dinov2.train.ssl_meta_arch import SSLMetaArch
+    from dinov2.train.train import build_optimizer
+
+    from helpers import tiny_cfg
+
+    if not distributed.is_enabled():
+        distributed.enable(overwrite=True)
+    cfg = tiny_cfg("student.in_chans=3")
+    model = SSLMetaArch(cfg)
+    model.prepare_for_distributed_training()
+    optimizer = build_optimizer(cfg, model.get_params_groups())
+    for group in optimizer.param_groups:  # what do_train's numpy schedules put there
+        group["lr"], group["weight_decay"] = np.float64(1e-3), np.float64(0.04)
+    checkpointer = FSDPCheckpointer(model, str(tmp_path), optimizer=optimizer, save_to_disk=True)
+    checkpointer.save("model_0000004", iteration=np.int64(4))
+    path = tmp_path / "model_0000004.rank_0.pth"
+
+    restored = FSDPCheckpointer(model, str(tmp_path), optimizer=optimizer, save_to_disk=True)
+    assert int(restored.resume_or_load(str(path), resume=True)["iteration"]) == 4
+
+    marker = tmp_path / "code_ran"
+    data = torch.load(path, weights_only=False)  # the test's own file, trusted
+    data["iteration"] = _RunsCodeWhenUnpickled(str(marker))
+    torch.save(data, path)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        restored.resume_or_load(str(path), resume=True)
+    assert not marker.exists()

@@ -1,5 +1,6 @@
 """`python -m dinov2_cell.run.train` and `slurm/launch.sh` as a user runs them (subprocesses, synthetic plates)."""
 
+import argparse
 import json
 import os
 import signal
@@ -24,10 +25,8 @@ def plates(tmp_path_factory):
     return str(out)
 
 
-def _train(args, **kw):
-    return subprocess.run(
-        TRAIN + args, cwd=REPO, env=child_env(OMP_NUM_THREADS=2), capture_output=True, text=True, **kw
-    )
+def _train(args, cwd=REPO, **kw):
+    return subprocess.run(TRAIN + args, cwd=cwd, env=child_env(OMP_NUM_THREADS=2), capture_output=True, text=True, **kw)
 
 
 def _opts(plates, channels="fluo", epochs=2):
@@ -39,16 +38,76 @@ def _opts(plates, channels="fluo", epochs=2):
     ]
 
 
-def test_help():
+def _launch_slurm_flags():
+    """The flags slurm/launch.sh lists under its SLURM options."""
+    proc = subprocess.run(["bash", os.path.join(REPO, "slurm", "launch.sh"), "--help"], capture_output=True, text=True)
+    section = proc.stdout.split("SLURM options")[1].split("\n\n")[0]
+    return [line.split()[0] for line in section.splitlines()[1:] if line.strip().startswith("--")]
+
+
+def test_help_shows_one_slurm_vocabulary_shared_with_launch_sh():
     proc = _train(["--help"])
     assert proc.returncode == 0
-    for flag in ("--config-file", "--output-dir", "--slurm", "--nodes", "--ngpus", "--partition", "--timeout"):
+    for flag in ("--config-file", "--output-dir", "--debug", "--slurm", "--gpus-per-node", "--time"):
         assert flag in proc.stdout
+    shared = _launch_slurm_flags()
+    assert {"--partition", "--account", "--time", "--nodes", "--gpus-per-node", "--cpus-per-gpu"} <= set(shared)
+    assert [f for f in shared if f not in proc.stdout] == []
+    for old in ("--ngpus", "--timeout", "--cpus-per-task", "--gpus "):  # hidden aliases
+        assert old not in proc.stdout
+
+
+def test_slurm_defaults_units_and_old_spellings():
+    from dinov2_cell.run.submit import slurm_time_minutes
+    from dinov2_cell.run.train import get_args_parser
+
+    args = get_args_parser().parse_intermixed_args([])
+    assert (args.nodes, args.gpus_per_node, args.cpus_per_gpu, args.time) == (1, 4, 10, 48 * 60)
+    args = get_args_parser().parse_intermixed_args(["--ngpus", "8", "--timeout", "90", "--cpus-per-task", "6"])
+    assert (args.gpus_per_node, args.time, args.cpus_per_gpu) == (8, 90, 6)
+    args = get_args_parser().parse_intermixed_args(["--gpus", "2", "--time", "1-02:03:04"])
+    assert (args.gpus_per_node, args.time) == (2, 1440 + 2 * 60 + 3 + 1)  # seconds round up to a minute
+    # SLURM's formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+    cases = {"90": 90, "90:30": 91, "48:00:00": 2880, "2-0": 2880, "2-01:30": 2970, "0-00:00:59": 1}
+    assert {k: slurm_time_minutes(k) for k in cases} == cases
+    for bad in ("", "1:xx", "1:2:3:4", "0", "-5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            slurm_time_minutes(bad)
+
+    # launch.sh: the same defaults, and the same old spellings
+    launch = os.path.join(REPO, "slurm", "launch.sh")
+    proc = subprocess.run(["bash", launch, "train", "--output-root", "r", "--dry-run"], capture_output=True, text=True)
+    assert "--gpus-per-node=4 " in proc.stderr and "--ntasks-per-node=4 " in proc.stderr
+    assert "--time=48:00:00 " in proc.stderr and "--cpus-per-task=10 " in proc.stderr
+    old = ["--gpus", "2", "--timeout", "90", "--cpus-per-task", "6", "--qos", "q", "--mem-gb", "64"]
+    proc = subprocess.run(
+        ["bash", launch, "train", "--output-root", "r", *old, "--dry-run"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    for flag in ("--gpus-per-node=2 ", "--time=90 ", "--cpus-per-task=6 ", "--qos=q ", "--mem=64G "):
+        assert flag in proc.stderr, flag
+
+
+def test_bad_input_is_one_error_line_and_exit_2_from_any_directory(tmp_path):
+    out = tmp_path / "run"
+    proc = _train(["--config-file", "no_such_config", "--output-dir", str(out)], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m dinov2_cell.run.train: error: --config-file:"), lines
+    assert "cpjump1_vits14_fluo" in lines[0] and "tiny_cpu_bf" in lines[0]  # the available names
+    # a packaged config by name, from another directory: it is found, then the unknown key is the error
+    proc = _train(["--config-file", "tiny_cpu_fluo", "--output-dir", str(out), "optim.epoch=3"], cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "unknown config key 'optim.epoch'" in proc.stderr
+    proc = _train(["--config-file", "configs/tiny_cpu_fluo.yaml", "optim.epoch=3", "--debug"], cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "optim.epoch" in proc.stderr
+    assert not out.exists()
 
 
 def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_path):
     out = tmp_path / "run"
-    proc = _train(["--config-file", TINY_BF, "--output-dir", str(out), *_opts(plates, "bf")])
+    # the packaged config by name, run from another directory
+    proc = _train(["--config-file", "tiny_cpu_bf", "--output-dir", str(out), *_opts(plates, "bf")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "eval" / "final" / "teacher_checkpoint.pth").is_file()
     rows = [json.loads(line) for line in open(out / "training_metrics.json")]
@@ -60,7 +119,7 @@ def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_p
     # the same dir with another config: refused, and nothing in it changes
     before = {p: p.stat().st_mtime for p in out.rglob("*")}
     proc = _train(["--config-file", TINY_BF, "--output-dir", str(out), *_opts(plates, "bf", epochs=3)])
-    assert proc.returncode != 0 and "optim.epochs" in proc.stderr
+    assert proc.returncode == 2 and "optim.epochs" in proc.stderr
     assert {p: p.stat().st_mtime for p in out.rglob("*")} == before
 
     # a non-empty dir that holds no run: refused
@@ -68,16 +127,16 @@ def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_p
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     proc = _train(["--config-file", TINY_BF, "--output-dir", str(other), *_opts(plates, "bf")])
-    assert proc.returncode != 0 and "not empty" in proc.stderr
+    assert proc.returncode == 2 and "not empty" in proc.stderr
     assert sorted(os.listdir(other)) == ["notes.txt"]
 
 
 def test_bad_key_and_channel_mismatch_fail_before_writing(plates, tmp_path):
     out = tmp_path / "run"
     proc = _train(["--config-file", TINY_FLUO, "--output-dir", str(out), *_opts(plates), "optim.epoch=3"])
-    assert proc.returncode != 0 and "unknown config key 'optim.epoch'" in proc.stderr
+    assert proc.returncode == 2 and "unknown config key 'optim.epoch'" in proc.stderr
     proc = _train(["--config-file", TINY_FLUO, "--output-dir", str(out), *_opts(plates, "bf")])
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "student.in_chans is 5" in proc.stderr and "3-channel" in proc.stderr
     assert not out.exists() or not os.listdir(out)
 
@@ -153,7 +212,7 @@ def test_launch_sh_dry_run(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "--array=0-1" in proc.stderr and "--partition=gpu" in proc.stderr and "--requeue" in proc.stderr
-    assert "configs/cpjump1_vits14_fluo.yaml configs/cpjump1_vits14_bf.yaml" in proc.stderr
+    assert "configs=(cpjump1_vits14_fluo cpjump1_vits14_bf)" in proc.stderr
     assert "runs/p/${names[$i]} optim.epochs=2" in proc.stderr and "scontrol requeue" in proc.stderr
 
     proc = subprocess.run(
