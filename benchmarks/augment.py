@@ -5,7 +5,14 @@ Paper settings: a 5 x 1080 x 1080 float32 site (+ another site of the same well)
 Upstream gets a 3-channel 8-bit PIL image of the same size (what it was written for) and makes 2 x 518 + 8 x 98.
 Both run with torch.set_num_threads(1), as in a DataLoader worker. One run, prints ratios; not a timed test.
 
+Second part, `augmentations.device`: loader-side CPU time per sample (process CPU time, so other load on a shared
+machine inflates it less than wall time) of `loader` mode (every augmentation in the worker) vs `model` mode (the
+worker only crops; the per-pixel augmentations run batched on the training device), both plus the collate a worker
+also runs; rounds alternate so machine noise hits both alike. It then times the batched device-side augmentation of
+one collated batch on --device (the CPU here; on a GPU node run it with --device cuda).
+
     .venv/bin/python benchmarks/augment.py [--samples 30]
+    .venv/bin/python benchmarks/augment.py --samples 10 --device cuda --batch 32   # device side on a GPU
 """
 
 from __future__ import annotations
@@ -81,10 +88,88 @@ def _run(name, fn, samples, timer):
     return ms
 
 
+def _collated(aug, sites, batch: int):
+    # A worker's collate of `batch` samples (upstream's iBOT masks at 518 px / patch 14, crops cast to fp16 as
+    # upstream's do_train asks).
+    from dinov2.data.masking import MaskingGenerator
+
+    from dinov2_cell.augment.collate import collate_cell_data_and_cast
+
+    n = 518 // 14
+    samples = [(aug(sites[0], other_site=sites[1]), None) for _ in range(batch)]
+    t0 = time.process_time()
+    out = collate_cell_data_and_cast(
+        samples,
+        mask_ratio_tuple=(0.1, 0.5),
+        mask_probability=0.5,
+        dtype=torch.half,
+        n_tokens=n * n,
+        mask_generator=MaskingGenerator(input_size=(n, n), max_num_patches=0.5 * n * n),
+    )
+    return out, (time.process_time() - t0) * 1000 / batch
+
+
+def _device_modes(crops, sizes, sites, samples: int, batch: int, device: str) -> None:
+    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+    from dinov2_cell.augment.device import DeviceCellAugmentation
+
+    augs = {
+        mode: CellDataAugmentation(**crops, **sizes, other_site_view=True, device=mode) for mode in ("loader", "model")
+    }
+    cpu = {mode: [] for mode in augs}
+    for mode, aug in augs.items():
+        aug(sites[0], other_site=sites[1])  # warm-up
+    for _ in range(samples):  # alternate, one sample each
+        for mode, aug in augs.items():
+            t0 = time.process_time()
+            aug(sites[0], other_site=sites[1])
+            cpu[mode].append(time.process_time() - t0)
+    ms = {mode: sum(v) * 1000 / samples for mode, v in cpu.items()}
+    # Median over rounds of the per-round ratio: a load spike from another process hits one round, not the figure.
+    med = float(np.median([a / b for a, b in zip(cpu["loader"], cpu["model"])]))
+    col = {mode: _collated(aug, sites, batch) for mode, aug in augs.items()}
+    collated = col["model"][0]
+    col = {mode: c[1] for mode, c in col.items()}
+    print(f"\naugmentations.device, loader side (process CPU ms per sample, 1 thread, {samples} samples each)")
+    print(
+        f"  loader mode (all augmentations in the worker)   : {ms['loader']:7.1f} ms + collate {col['loader']:5.1f} ms"
+    )
+    print(
+        f"  model mode (crops + cheap resize, fp16 crops)    : {ms['model']:7.1f} ms + collate {col['model']:5.1f} ms"
+    )
+    print(
+        f"  ratio loader / model: {ms['loader'] / ms['model']:.2f}x augmentation only (median of per-round "
+        f"ratios {med:.2f}x), "
+        f"{(ms['loader'] + col['loader']) / (ms['model'] + col['model']):.2f}x with the collate of {batch}  (goal >= 5x)"
+    )
+
+    dev = torch.device(device)
+    aug = DeviceCellAugmentation()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    aug.augment_batch(collated, dev)
+    sync()
+    reps = 3
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(reps):
+        aug.augment_batch(collated, dev)
+    sync()
+    wall = (time.perf_counter() - t0) * 1000 / reps
+    host = (time.process_time() - c0) * 1000 / reps
+    print(
+        f"  device side on {device} ({torch.get_num_threads()} thread(s)), batch of {batch} incl. transfer: "
+        f"{wall:.1f} ms wall / batch = {wall / batch:.1f} ms per sample (host CPU {host / batch:.1f} ms per sample)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=30)
     parser.add_argument("--size", type=int, default=1080)
+    parser.add_argument("--batch", type=int, default=8, help="samples per collated batch (device-side timing)")
+    parser.add_argument("--device", default="cpu", help="where the batched device-side augmentation runs")
+    parser.add_argument(
+        "--only-device-modes", action="store_true", help="skip the upstream comparison, run only the second part"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -96,6 +181,11 @@ def main() -> None:
     crops = dict(global_crops_scale=(0.32, 1.0), local_crops_scale=(0.05, 0.32), local_crops_number=8)
     sizes = dict(global_crops_size=518, local_crops_size=98)
 
+    site_a, site_b = _cell_like(5, args.size, 1), _cell_like(5, args.size, 2)
+    if args.only_device_modes:
+        _device_modes(crops, sizes, (site_a, site_b), args.samples, args.batch, args.device)
+        return
+
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8))
     up = DataAugmentationDINO(crops["global_crops_scale"], crops["local_crops_scale"], 8, **sizes)
     t_up = _Timer()
@@ -104,7 +194,6 @@ def main() -> None:
         f"upstream DataAugmentationDINO, 3x{args.size}^2 uint8 PIL, 2x518 + 8x98", lambda: up(rgb), args.samples, t_up
     )
 
-    site_a, site_b = _cell_like(5, args.size, 1), _cell_like(5, args.size, 2)
     ours = CellDataAugmentation(**crops, **sizes, other_site_view=True)
     t_ours = _Timer()
     _instrument_ours(ours, t_ours)
@@ -141,6 +230,7 @@ def main() -> None:
     print(
         f"  Poisson 5x518^2: table sampler {ms_ours_p:.1f} ms vs torch.poisson {ms_tp:.1f} ms ({ms_tp / ms_ours_p:.1f}x)"
     )
+    _device_modes(crops, sizes, (site_a, site_b), args.samples, args.batch, args.device)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ class CellDataAugmentation:
 
     Call: `aug(image)` or `aug(image, other_site=other_image)` with float C x H x W tensors in [0, 1]; returns
     upstream's dict (`global_crops`, `global_crops_teacher`, `local_crops`, `offsets`) plus `other_site_crops`
-    (one global-size view of `other_site`, or an empty list). All crops float32 C x S x S, in [0, 1].
+    (one global-size view of `other_site`, or an empty list). All crops C x S x S in [0, 1], float32 (float16 in
+    `model` mode).
     """
 
     def __init__(
@@ -146,14 +147,14 @@ class CellDataAugmentation:
             name: how error messages call the image ("image" or "other_site").
 
         Returns:
-            A contiguous float32 C x S x S tensor in [0, 1].
+            A contiguous C x S x S tensor in [0, 1], float32 (float16 in `model` mode).
         """
         if self.device == "model":
             top, left, h, w = crop.sample_params(img)
             x = cheap_resize(img[None, :, top : top + h, left : left + w], crop.size)[0].contiguous()
-            # Only the crops are validated: they are what training sees, and checking them costs a third of
-            # checking both sites.
-            return check_image(x, name)
+            # float16 is what upstream's collate casts the crops to anyway; casting here makes the worker's collate
+            # stack half the bytes (the device augments in float32, after checking the crops' values).
+            return x.half()
         x = crop(img)
         if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             x = x.clone()  # the steps below write in place
@@ -188,7 +189,7 @@ class CellDataAugmentation:
         Raises:
             ValueError/TypeError: bad input (see `transforms.check_image`), or other_site with another channel count.
         """
-        # In model mode only the crops' intensities are checked (in augment_crop).
+        # In model mode the crops' intensities are checked on the device, batched (DeviceCellAugmentation).
         image = check_image(image, "image", values=self.device == "loader")
         global_crops = [self.augment_crop(image, self.global_crop) for _ in range(2)]
         local_crops = [self.augment_crop(image, self.local_crop) for _ in range(self.local_crops_number)]

@@ -227,6 +227,37 @@ def microscope_noise_batch(
     return out.clamp_(0.0, 1.0)
 
 
+def check_crops(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Validate a batch of crops on its device, as `transforms.check_image` validates one image.
+
+    Args:
+        x: N x C x H x W float32 crops, intensities in [0, 1].
+        name: how error messages call the batch (the collated key).
+
+    Returns:
+        x, clamped to [0, 1] when some values exceed it by rounding (at most 1e-3).
+
+    Raises:
+        ValueError: a channel holds NaN/inf, or intensities outside [0, 1] by more than 1e-3 (the message names the
+            channel).
+    """
+    lo, hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))  # NaN propagates through both
+    lo_hi = torch.stack([lo, hi]).cpu()
+    lo, hi = lo_hi[0], lo_hi[1]
+    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+    if bad.any():
+        raise ValueError(f"{name}: channel(s) {bad.nonzero().flatten().tolist()} contain NaN or inf values")
+    tol = 1e-3
+    if bool((lo < -tol).any() or (hi > 1 + tol).any()):
+        c = int(torch.maximum(-lo, hi - 1).argmax())
+        raise ValueError(
+            f"{name}: intensities must lie in [0, 1]; channel {c} spans [{float(lo[c]):.4g}, {float(hi[c]):.4g}]"
+        )
+    if bool((lo < 0).any() or (hi > 1).any()):
+        x = x.clamp(0.0, 1.0)
+    return x
+
+
 def mix_seed(seed: int, rank: int) -> int:
     """A 63-bit generator seed from (seed, rank), different for every pair in practice (splitmix64 finaliser).
 
@@ -301,14 +332,18 @@ class DeviceCellAugmentation:
             self.generator.manual_seed(mix_seed(self.seed, self.rank))
         return self.generator
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Augment a batch of crops, each with its own parameters.
+    def __call__(self, x: torch.Tensor, name: str = "crops") -> torch.Tensor:
+        """Check a batch of crops and augment it, each crop with its own parameters.
 
         Args:
             x: N x C x S x S crops in [0, 1] (any float dtype; computed in float32).
+            name: how error messages call the batch.
 
         Returns:
             A new N x C x S x S float32 tensor in [0, 1].
+
+        Raises:
+            ValueError: not N x C x S x S, or bad values (see `check_crops`).
         """
         if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"DeviceCellAugmentation: expected N x C x S x S crops, got shape {tuple(x.shape)}")
@@ -316,6 +351,7 @@ class DeviceCellAugmentation:
         n, c, h, w = x.shape
         if n == 0:
             return x
+        x = check_crops(x, name)
         g = self._generator(x.device)
         dev = x.device
 
@@ -388,7 +424,7 @@ class DeviceCellAugmentation:
         for key in CROP_KEYS:
             crops = images.get(key)
             if isinstance(crops, torch.Tensor) and crops.numel():
-                out[key] = self(crops.to(device, non_blocking=True)).to(crops.dtype)
+                out[key] = self(crops.to(device, non_blocking=True), key).to(crops.dtype)
         return out
 
 

@@ -77,20 +77,31 @@ def test_model_mode_loader_only_crops(make_image):
     views = out["global_crops"] + out["local_crops"] + out["other_site_crops"]
     assert len(views) == 6 and out["global_crops_teacher"] is out["global_crops"]
     for v, e in zip(views, expected):
-        assert v.dtype == torch.float32 and v.is_contiguous()
-        torch.testing.assert_close(v, e, atol=0, rtol=0)
+        assert v.dtype == torch.float16 and v.is_contiguous()  # what upstream's collate casts to anyway
+        torch.testing.assert_close(v, e.half(), atol=0, rtol=0)
 
 
-def test_model_mode_checks_the_crops(make_image):
+def test_model_mode_checks_values_on_the_device(make_image):
     aug = CellDataAugmentation((1.0, 1.0), (1.0, 1.0), 1, 32, 16, device="model")
+    aug.global_crop.ratio = aug.local_crop.ratio = (1.0, 1.0)
     bad = make_image(5, 32, 32)
     bad[2, 5, 5] = float("nan")
-    with pytest.raises(ValueError, match=r"image: channel\(s\) \[2\]"):
-        aug(bad)
-    with pytest.raises(ValueError, match=r"other_site: channel\(s\) \[2\]"):
-        aug(make_image(5, 32, 32), other_site=bad)
+    out = aug(bad)  # the worker only crops; the device checks the batch
+    batch = torch.stack(out["global_crops"])
+    with pytest.raises(ValueError, match=r"collated_global_crops: channel\(s\) \[2\]"):
+        DeviceCellAugmentation().augment_batch({"collated_global_crops": batch}, torch.device("cpu"))
+    high = make_image(5, 8, 8)[None]
+    high[0, 3] *= 1.5
+    high[0, 3, 0, 0] = 1.5
+    with pytest.raises(ValueError, match="channel 3 spans"):
+        DeviceCellAugmentation()(high)
+    near = make_image(5, 8, 8)[None]
+    near[0, 1, 0, 0] = 1.0004
+    assert DeviceCellAugmentation(**OFF)(near).max() == 1.0  # rounding excursions are clamped
     with pytest.raises(TypeError, match="uint8"):
         aug(torch.zeros(5, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="other_site has 3 channels"):
+        aug(make_image(5, 32, 32), other_site=make_image(3, 32, 32))
     with pytest.raises(ValueError, match="augmentations.device"):
         CellDataAugmentation((1.0, 1.0), (1.0, 1.0), 1, device="gpu")
 
