@@ -109,9 +109,15 @@ def test_embed_plates_matches_direct_computation(tmp_path, runs, factory):
     got = row[[c for c in feats if c.startswith("fluo_")]].to_numpy()[0]
     np.testing.assert_allclose(got, ref, atol=1e-5)
     # Submission CSV and the per-plate stats (the 8-site well is counted).
+    # The submission: compound wells only (A02 is a DMSO well in the real plate map), features in profile order.
     sub = pd.read_csv(tmp_path / "out" / "submission.csv")
-    assert list(sub["ID"]) == [f"{PLATE_9}_A01", f"{PLATE_9}_A02", f"{PLATE_16}_A01", f"{PLATE_16}_A02"]
-    assert sub.shape[1] == 1 + len(feats) and np.isfinite(sub.iloc[:, 1:].to_numpy()).all()
+    assert list(sub.columns[:4]) == ["Metadata_broad_sample", "Metadata_Plate", "Metadata_Well", "feature_0"]
+    assert list(sub["Metadata_Plate"] + "_" + sub["Metadata_Well"]) == [f"{PLATE_9}_A01", f"{PLATE_16}_A01"]
+    assert sub.shape[1] == 3 + len(feats)
+    a01 = df[df["Metadata_Well"] == "A01"][feats].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(sub.iloc[:, 3:].to_numpy(), a01)
+    config = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert config["outputs"]["submission.csv"]["features"] == feats
     stats = pd.read_json(tmp_path / "out" / "parts" / f"{PLATE_9}.stats.json")
     assert stats["fluo"]["wells_with_missing_sites"] == 1
 
@@ -180,7 +186,7 @@ def test_cli_help_and_tiny_run_on_synthetic_plates(tmp_path, runs):
     assert list(df["Metadata_Well"]) == ["A01", "A02"] and df["Metadata_Plate"].eq(PLATE_9).all()
     assert df["Metadata_pert_iname"].iloc[1] == "DMSO"  # A02 is a DMSO well in the real plate map
     sub = pd.read_csv(tmp_path / "o" / "submission.csv")
-    assert list(sub["ID"]) == [f"{PLATE_9}_A01", f"{PLATE_9}_A02"]
+    assert list(sub["Metadata_Well"]) == ["A01"] and sub["Metadata_Plate"].eq(PLATE_9).all()
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, runs):

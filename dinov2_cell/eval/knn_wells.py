@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.cli import HelpFormatter, UsageError, comma_list, common_parser, positive_int, run_main, setup_logging
-from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE
+from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE, WELL
 from dinov2_cell.eval.normalize import METHODS, normalize_profiles
 from dinov2_cell.eval.outputs import KNN_FILES, format_table, write_outputs  # noqa: F401  (part of this API)
 from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
@@ -301,6 +301,51 @@ def evaluate(
     return {"config": config, "folds": rows, "combinations": combos, "mean": mean, "skipped": skipped}
 
 
+def is_submission(df: pd.DataFrame) -> bool:
+    """Whether a table is a challenge submission (Metadata_broad_sample, _Plate, _Well, feature_0, ...).
+
+    Args:
+        df: a table.
+
+    Returns:
+        True for the organisers' layout.
+    """
+    from dinov2_cell.profiles.submission import FEATURE_PREFIX, KEY_COLUMNS
+
+    cols = [str(c) for c in df.columns]
+    return cols[:3] == list(KEY_COLUMNS) and len(cols) > 3 and cols[3] == f"{FEATURE_PREFIX}0"
+
+
+def load_table(path: str) -> pd.DataFrame:
+    """Read a profile table; a submission file gets the packaged CPJUMP1 well metadata (cell line, compound, target).
+
+    Args:
+        path: profiles (.parquet, .csv, .csv.gz) or a submission CSV.
+
+    Returns:
+        The table.
+
+    Raises:
+        ValueError: a submission well that is not a compound well of the packaged plate map (named).
+    """
+    df = read_profiles(path)
+    if not is_submission(df):
+        return df
+    from dinov2_cell.data.metadata import well_metadata
+
+    plates = sorted(df[PLATE].astype(str).unique())
+    meta = well_metadata(plates).drop(columns=[BROAD])
+    joined = df.merge(meta, on=[PLATE, WELL], how="left", validate="many_to_one", indicator=True)
+    lost = joined["_merge"] != "both"
+    if lost.any():
+        r = joined[lost].iloc[0]
+        raise ValueError(f"{path}: well {r[PLATE]} {r[WELL]} is not in the packaged plate map")
+    joined = joined.drop(columns="_merge")
+    meta_cols = [c for c in joined.columns if str(c).startswith("Metadata_")]
+    logger.info("%s: challenge submission; cell lines and annotations from the packaged CPJUMP1 metadata", path)
+    return joined[meta_cols + [c for c in joined.columns if c not in meta_cols]]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m dinov2_cell.eval.knn_wells``."""
     p = argparse.ArgumentParser(
@@ -311,7 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
         parents=[common_parser()],
     )
-    p.add_argument("profiles", help="profiles file (.parquet, .csv, .csv.gz)")
+    p.add_argument(
+        "profiles",
+        help="profiles file (.parquet, .csv, .csv.gz), or a challenge submission CSV (cell lines then come from the "
+        "packaged CPJUMP1 metadata)",
+    )
     g = p.add_argument_group("protocol")
     g.add_argument("--k", type=positive_int, default=1, help="neighbours")
     g.add_argument("--metric", default="cosine", help="scikit-learn distance (cosine, euclidean, correlation, ...)")
@@ -353,7 +402,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         for n in KNN_FILES:
             if os.path.exists(os.path.join(args.out, n)):
                 raise FileExistsError(f"{os.path.join(args.out, n)} exists; refusing to overwrite (pass --overwrite)")
-    profiles = read_profiles(args.profiles)
+    profiles = load_table(args.profiles)
     result = evaluate(
         profiles,
         k=args.k,

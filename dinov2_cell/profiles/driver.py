@@ -31,7 +31,7 @@ from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 import pandas as pd
 
 from dinov2_cell.columns import PLATE, WELL
-from dinov2_cell.profiles.io import write_json, write_submission, write_table
+from dinov2_cell.profiles.io import feature_columns, write_json, write_table
 from dinov2_cell.profiles.sites import (  # noqa: F401  (re-exported: featurisers import them from here)
     DatasetFactory,
     PlateSource,
@@ -45,6 +45,7 @@ from dinov2_cell.profiles.parts import (
     merge_parts,
     part_path,
     parts_present,
+    record_output,
     well_metadata_for,
     write_part,
 )
@@ -304,7 +305,12 @@ def merge_run(
             write_table(df, prof_path, overwrite=overwrite)
             logger.info("wrote %s (%d wells, %d plates)", prof_path, len(df), len(plates))
         if submission and (overwrite or not os.path.exists(sub_path)):
+            from dinov2_cell.profiles.submission import write_submission
+
             write_submission(df, sub_path, overwrite=overwrite)
+            # feature_i of the submission is the i-th feature column of the profiles it was written from
+            info = {"profiles": os.path.basename(prof_path), "features": feature_columns(df)}
+            record_output(out_dir, os.path.basename(sub_path), info)
             logger.info("wrote %s", sub_path)
     return outputs[-1][0][0]
 

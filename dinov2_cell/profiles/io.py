@@ -1,4 +1,4 @@
-"""The profile table format, its validation, atomic writes and the challenge submission CSV.
+"""The profile table format, its validation and atomic writes (the submission CSV: :mod:`.submission`).
 
 A *profile table* has one row per well: ``Metadata_*`` columns (strings) and numeric feature columns. Every numeric
 column whose name does not start with ``Metadata_`` is a feature, which is the convention pycytominer and copairs
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -250,42 +250,3 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def submission_table(df: pd.DataFrame, feature_cols: Sequence[str] | None = None) -> pd.DataFrame:
-    """The challenge submission table: ``ID`` (``<plate>_<well>``, e.g. ``BR00116991_A01``) then float features.
-
-    Args:
-        df: a profile table with Metadata_Plate and Metadata_Well.
-        feature_cols: features to export (default: :func:`feature_columns`).
-
-    Returns:
-        A new DataFrame with columns ``ID`` + features (float64), sorted by ID.
-
-    Raises:
-        ValueError: missing plate/well column, duplicated ID, or a NaN/inf feature (named).
-    """
-    feats = check_profiles(df, required=(PLATE, WELL), source="submission")
-    feats = list(feature_cols) if feature_cols is not None else feats
-    out = df[feats].astype(np.float64)
-    out.insert(0, "ID", df[PLATE].astype(str) + "_" + df[WELL].astype(str))
-    if out["ID"].duplicated().any():
-        raise ValueError(f"submission: duplicated ID {out.loc[out['ID'].duplicated(), 'ID'].iloc[0]!r}")
-    return out.sort_values("ID").reset_index(drop=True)
-
-
-def write_submission(
-    df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False, feature_cols: Sequence[str] | None = None
-) -> str:
-    """Write the challenge submission CSV (see :func:`submission_table`) atomically.
-
-    Args:
-        df: a profile table.
-        path: destination ``.csv``.
-        overwrite: replace an existing file.
-        feature_cols: features to export (default: all).
-
-    Returns:
-        The path written.
-    """
-    return write_table(submission_table(df, feature_cols), path, overwrite=overwrite)

@@ -23,6 +23,9 @@ logger = logging.getLogger("dinov2_cell.profiles")
 
 RUN_CONFIG = "run_config.json"
 PARTS_DIR = "parts"
+# Key of run_config.json describing merged outputs (e.g. which profile column each submission feature is); it is
+# written after the merge and is not part of the options compared by the guard.
+OUTPUTS_KEY = "outputs"
 
 
 def part_path(out_dir: str, plate: str) -> str:
@@ -93,7 +96,7 @@ def check_run_config(out_dir: str, config: dict, overwrite: bool = False) -> Non
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        differing = config_differences(saved, normalized)
+        differing = config_differences({k: v for k, v in saved.items() if k != OUTPUTS_KEY}, normalized)
         if not differing:
             return
         if not overwrite:
@@ -102,6 +105,25 @@ def check_run_config(out_dir: str, config: dict, overwrite: bool = False) -> Non
                 "use another output folder or pass overwrite=True / --overwrite to recompute every plate"
             )
     write_json(normalized, path, overwrite=True)
+
+
+def record_output(out_dir: str, name: str, info: dict) -> None:
+    """Describe a merged output under ``"outputs"`` in ``<out_dir>/run_config.json`` (rewritten atomically).
+
+    Args:
+        out_dir: run folder (its run config must exist).
+        name: the output's file name.
+        info: JSON-able description.
+    """
+    import json
+
+    path = os.path.join(out_dir, RUN_CONFIG)
+    saved = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    saved.setdefault(OUTPUTS_KEY, {})[name] = info
+    write_json(saved, path, overwrite=True)
 
 
 def well_metadata_for(plates: Sequence[str], metadata: pd.DataFrame | str | None = None) -> pd.DataFrame:

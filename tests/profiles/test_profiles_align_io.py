@@ -72,16 +72,3 @@ def test_read_profiles_csv_keeps_empty_broad_sample(tmp_path, small_profiles):
     back = io.read_profiles(str(path))
     assert back["Metadata_broad_sample"].iloc[1] == ""
     assert io.feature_columns(back) == ["f0", "f1"]
-
-
-def test_submission_csv(tmp_path, small_profiles):
-    path = io.write_submission(small_profiles, tmp_path / "sub.csv")
-    sub = pd.read_csv(path)
-    assert list(sub.columns) == ["ID", "f0", "f1"]
-    assert sub["ID"].iloc[0] == "P1_A01" and sub["ID"].is_monotonic_increasing
-    assert np.isfinite(sub[["f0", "f1"]].to_numpy()).all()
-    bad = small_profiles.copy()
-    bad.loc[0, "f0"] = np.inf
-    with pytest.raises(ValueError, match="'f0'"):
-        io.write_submission(bad, tmp_path / "sub2.csv")
-    assert not (tmp_path / "sub2.csv").exists()
