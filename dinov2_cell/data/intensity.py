@@ -38,6 +38,8 @@ import torch
 NORMALIZATIONS = ("percentile", "plate", "bitdepth")
 DEFAULT_PERCENTILES = (0.1, 99.9)
 _TARGET_SAMPLES = 65536
+# Elements per block of the scaling pass (512 KB of float32: fits a core's L2 cache).
+_BLOCK_ELEMENTS = 131072
 
 
 def auto_stride(height: int, width: int, target: int = _TARGET_SAMPLES) -> int:
@@ -115,8 +117,9 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
     """``clip((x - low) / (high - low), 0, 1)`` per channel, as a float32 tensor.
 
     Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. Computed with numpy in place
-    on one float32 buffer (convert, multiply, add, clip): on a 5 x 1080 x 1080 site this is several times faster and
-    far less variable than the equivalent torch ops under CPU contention with DataLoader workers.
+    on one float32 buffer (convert, multiply, add, clip), block by block so that each block stays in the CPU cache
+    through the four operations: on a 5 x 1080 x 1080 site this is faster and far less variable than the equivalent
+    torch ops under CPU contention with DataLoader workers.
 
     Args:
         image: C x H x W array (uint16 or float).
@@ -132,15 +135,26 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
     span = high - low
     safe = span > 0
     scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
-    s = scale.astype(np.float32)[:, None, None]
-    b = (-low * scale).astype(np.float32)[:, None, None]
-    if image.dtype == np.float32 and inplace and image.flags.c_contiguous and image.flags.writeable:
-        out = image
-    else:
-        out = np.array(image, dtype=np.float32, order="C", copy=True)
-    np.multiply(out, s, out=out)
-    np.add(out, b, out=out)
-    np.clip(out, 0.0, 1.0, out=out)
+    s = scale.astype(np.float32)
+    b = (-low * scale).astype(np.float32)
+    owned = image.dtype == np.float32 and inplace and image.flags.c_contiguous and image.flags.writeable
+    if image.ndim == 2:
+        return scale_to_unit(image[None], low, high, inplace)[0]
+    if image.ndim != 3:
+        raise ValueError(f"expected a C x H x W image, got shape {image.shape}")
+    out = image if owned else np.empty(image.shape, dtype=np.float32)
+    # Row blocks of ~_BLOCK_ELEMENTS stay in the CPU cache through convert, multiply, add and clip: the same
+    # element-wise operations (bit-identical results) with one trip to memory instead of four.
+    rows = max(1, _BLOCK_ELEMENTS // max(1, image.shape[2]))
+    for c in range(image.shape[0]):
+        sc, bc = s[c], b[c]
+        for r in range(0, image.shape[1], rows):
+            o = out[c, r : r + rows]
+            if not owned:
+                np.copyto(o, image[c, r : r + rows], casting="unsafe")
+            np.multiply(o, sc, out=o)
+            np.add(o, bc, out=o)
+            np.clip(o, 0.0, 1.0, out=o)
     return torch.from_numpy(out)
 
 
