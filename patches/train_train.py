@@ -5,7 +5,8 @@
    `cuda.synchronize` is a no-op when CUDA is absent. When: CPU only.
 2. `do_train` passes `target_transform=lambda _: ()`, which cannot be pickled for DataLoader workers started with
    spawn/forkserver ("Can't pickle local object 'do_train.<locals>.<lambda>'"). Fix: a `make_dataset` wrapper that
-   swaps any lambda for the module-level `dinov2_cell.data.registry.discard_target`. When: GPU and CPU, `num_workers > 0` with spawn/forkserver.
+   swaps any lambda for the module-level `dinov2_cell.data.registry.discard_target`. When: GPU and CPU,
+   `num_workers > 0` with spawn/forkserver.
 """
 
 import functools
