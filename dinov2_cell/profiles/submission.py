@@ -1,4 +1,4 @@
-"""The Cell Line Transferability challenge submission CSV: writer and check (``python -m dinov2_cell.profiles.submission``).
+"""The Cell Line Transferability challenge submission CSV: writer and check.
 
 The organisers' format: columns ``Metadata_broad_sample`` (compound, e.g. ``BRD-A86665761-001-01-1``),
 ``Metadata_Plate`` (e.g. ``BR00117012``), ``Metadata_Well`` (e.g. ``A01``), then ``feature_0`` ... ``feature_{n-1}``;
@@ -8,28 +8,24 @@ compound and are left out: 320 of the 384 wells of a plate); no missing or infin
 :func:`write_submission` writes it from a profile table (``feature_i`` = the i-th feature column of the profile, in
 the profile's order; :func:`feature_map` gives that correspondence, which the profiling driver records in the run
 config). :func:`check_submission` checks an existing file against the packaged CPJUMP1 plate map and returns every
-problem, one line per problem class.
+problem, one line per problem class (command line: ``python -m dinov2_cell.profiles.validate_submission``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
-import sys
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from dinov2_cell.atomic import atomic_path
-from dinov2_cell.cli import HelpFormatter, comma_list, common_parser, setup_logging
 from dinov2_cell.columns import BROAD, PLATE, WELL
 from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
 
 KEY_COLUMNS = (BROAD, PLATE, WELL)
 FEATURE_PREFIX = "feature_"
-PROG = "python -m dinov2_cell.profiles.submission"
 _FEATURE_RE = re.compile(r"^feature_(\d+)$")
 
 
@@ -189,52 +185,3 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike, plates: Seque
             text += f"; wells missing on {_few([f'{p} ({n})' for p, n in partial.items()], 8)}"
         problems.append(text + " (use --plates to check a partial submission)")
     return problems
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of ``python -m dinov2_cell.profiles.submission``."""
-    p = argparse.ArgumentParser(
-        prog=PROG,
-        description="Check a challenge submission CSV: columns Metadata_broad_sample, Metadata_Plate, Metadata_Well, "
-        "feature_0 ... feature_{n-1}; one row per compound-containing well of the compound plates (DMSO wells hold "
-        "no compound and must be absent); broad_sample as in the packaged CPJUMP1 plate map; finite floats. Prints "
-        "one 'error:' line per problem class and exits 2, or 'ok' and exits 0.",
-        formatter_class=HelpFormatter,
-        parents=[common_parser()],
-    )
-    p.add_argument("submission", help="the CSV to check")
-    p.add_argument(
-        "--plates",
-        type=comma_list,
-        default=None,
-        metavar="A,B,...",
-        help="compound plates the file must cover (default: the 24 compound plates of 2020_11_04_CPJUMP1)",
-    )
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: check a submission (one ``error:`` line per problem class, exit 2).
-
-    Args:
-        argv: arguments (default ``sys.argv[1:]``).
-
-    Returns:
-        Exit status.
-    """
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
-    problems = check_submission(args.submission, args.plates)
-    for text in problems:
-        print(f"{PROG}: error: {text}", file=sys.stderr)
-    if problems:
-        return 2
-    n = len(pd.read_csv(args.submission, usecols=[PLATE]))
-    print(f"ok: {args.submission} ({n} compound wells)")
-    return 0
-
-
-if __name__ == "__main__":
-    from dinov2_cell.cli import run_main
-
-    sys.exit(run_main(main, prog=PROG))

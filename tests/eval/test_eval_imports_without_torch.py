@@ -24,6 +24,8 @@ MODULES = [
     "dinov2_cell.profiles.sites",
     "dinov2_cell.profiles.ssl",
     "dinov2_cell.profiles.baseline",
+    "dinov2_cell.profiles.submission",
+    "dinov2_cell.profiles.validate_submission",
     "dinov2_cell.embed",
 ]
 

@@ -89,7 +89,7 @@ def test_check_finds_each_problem(tmp_path, profiles, kind, expected):
 def test_cli_check_and_knn_on_a_submission(tmp_path, profiles):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     good = submission.write_submission(profiles, tmp_path / "sub.csv")
-    cmd = [sys.executable, "-m", "dinov2_cell.profiles.submission"]
+    cmd = [sys.executable, "-m", "dinov2_cell.profiles.validate_submission"]
     out = subprocess.run(cmd + [good, "--plates", ",".join(PLATES)], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
     # Two problem classes at once: one error line each, exit 2.
