@@ -31,7 +31,6 @@ from dinov2_cell.cli import (
     HelpFormatter,
     UsageError,
     add_legacy_aliases,
-    comma_list,
     common_parser,
     data_parser,
     join_space_separated,
@@ -223,8 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(flag, str):  # a negated boolean, e.g. --no-merge sets merge=False
             g.add_argument(flag, dest=f.name, action="store_false", help=meta["help"])
             continue
-        if f.name == "align_by":
-            meta["type"] = comma_list
         g.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,

@@ -384,13 +384,14 @@ def _check_same_config(out_dir: str, config: dict) -> None:
     """Refuse a merge whose featuriser settings differ from the ones that wrote the parts."""
     import json
 
-    from dinov2_cell.profiles.parts import RUN_CONFIG, config_differences
+    from dinov2_cell.profiles.parts import OUTPUTS_KEY, RUN_CONFIG, config_differences
 
     path = os.path.join(out_dir, RUN_CONFIG)
     if not os.path.isfile(path):
         return
     with open(path, encoding="utf-8") as f:
         saved = json.load(f)
+    saved.pop(OUTPUTS_KEY, None)  # descriptions of merged outputs, not settings
     differing = config_differences(saved, json.loads(json.dumps(config)))
     if differing:
         raise ValueError(

@@ -35,6 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from dinov2_cell.cli import comma_list
 from dinov2_cell.columns import PLATE, WELL
 from dinov2_cell.profiles import merge as merge_mod
 from dinov2_cell.profiles.align import ALIGNMENT_LABEL, align_cross_plate
@@ -65,7 +66,9 @@ class EmbedOptions:
     go into ``run_config.json``.
     """
 
-    checkpoints: dict = _opt({}, "NAME -> run folder or teacher_checkpoint.pth", flag=False)
+    checkpoints: dict | list = _opt(
+        {}, "NAME -> run folder or teacher_checkpoint.pth (a list: named by group)", flag=False
+    )
     channels: dict = _opt({}, "NAME -> channel spec (default: from each run's config)", flag=False)
     data_root: str | None = _opt(None, "dataset root", flag=False)
     out: str | None = _opt(None, "output folder", flag=False)
@@ -99,7 +102,9 @@ class EmbedOptions:
         "PLATE-LAYOUT KNOWLEDGE; writes profiles_aligned_alpha<a>.parquet beside profiles.parquet",
         type=float,
     )
-    align_by: list | None = _opt(None, "comma-separated metadata columns grouping the alignment means", metavar="COLS")
+    align_by: list | None = _opt(
+        None, "comma-separated metadata columns grouping the alignment means", metavar="COLS", type=comma_list
+    )
     batch_size: int = _opt(64, "images per forward pass", type=int)
     device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)")
     num_workers: int | None = _opt(None, "image-reading workers (default: min(8, CPUs) on CUDA, 0 on CPU)", flag=False)

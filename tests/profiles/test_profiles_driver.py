@@ -60,6 +60,9 @@ def test_driver_parts_resume_and_merge(tmp_path, stub_factory):
     # Second call: every part exists, nothing is featurised again, merged file kept.
     again = MeanFeaturiser()
     assert run_profiles(again, source, out, submission=True) == path and again.plates == []
+    # The merge recorded which profile column each submission feature is; a merge-only call still matches.
+    assert cfg["outputs"]["submission.csv"] == {"profiles": "profiles.parquet", "features": ["f0"]}
+    assert run_profiles(MeanFeaturiser(), source, out, merge_only=True, submission=True) == path
     # Other settings on the same folder are refused, naming the differing key.
     with pytest.raises(FileExistsError, match="settings.scale"):
         run_profiles(MeanFeaturiser(scale=2.0), source, out)
