@@ -198,7 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--checkpoint",
         action="append",
-        default=[],
         metavar="[NAME=]PATH",
         help="training output dir or eval/<name>/teacher_checkpoint.pth; repeat for fluorescent and brightfield; "
         "NAME (default: the channel group) prefixes the feature columns",
@@ -208,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--channels",
         action="append",
-        default=[],
         metavar="NAME=SPEC",
         help="channel spec of a named checkpoint (fluo, bf, all or channel names); default from its config",
     )
@@ -219,15 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         meta.pop("record")
         if flag is False:
             continue
+        # Flags left out of the command line leave no attribute (SUPPRESS), so the field's own default applies.
         if isinstance(flag, str):  # a negated boolean, e.g. --no-merge sets merge=False
-            g.add_argument(flag, dest=f.name, action="store_false", help=meta["help"])
+            g.add_argument(flag, dest=f.name, action="store_false", default=argparse.SUPPRESS, help=meta["help"])
             continue
-        g.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=f.default_factory() if callable(f.default_factory) else f.default,
-            **meta,
-        )
+        default = argparse.SUPPRESS if callable(f.default_factory) else f.default
+        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default, **meta)
     add_legacy_aliases(p, root=True, workers=True)
     return p
 
@@ -251,13 +246,15 @@ def options_from_args(args: argparse.Namespace) -> EmbedOptions:
     Returns:
         The options.
     """
-    given = list(args.checkpoint) + [f"{n}={p}" for n, p in (("fluo", args.fluo), ("bf", args.bf)) if p]
+    given = list(args.checkpoint or []) + [f"{n}={p}" for n, p in (("fluo", args.fluo), ("bf", args.bf)) if p]
     named = [g for g in given if "=" in g and "/" not in g.partition("=")[0]]
     if named and len(named) != len(given):
         raise UsageError("--checkpoint: name all checkpoints (NAME=PATH) or none")
     checkpoints: object = _named(given, "--checkpoint") if named else given
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EmbedOptions) if hasattr(args, f.name)}
-    values.update(checkpoints=checkpoints, channels=_named(args.channels, "--channels"), progress=not args.no_progress)
+    values.update(
+        checkpoints=checkpoints, channels=_named(args.channels or [], "--channels"), progress=not args.no_progress
+    )
     return EmbedOptions(**values)
 
 

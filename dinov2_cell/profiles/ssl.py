@@ -93,7 +93,10 @@ class EmbedOptions:
         choices=merge_mod.MISSING_POLICIES,
     )
     image_size: int | None = _opt(
-        None, "side fed to the model (default: the run's crops.global_crops_size; 0 = native, cropped)", type=int
+        None,
+        "side fed to the model (default: the run's crops.global_crops_size; 0 = native, cropped)",
+        type=int,
+        metavar="N",
     )
     precision: str = _opt("fp32", "autocast precision of the forward pass", True, choices=PRECISIONS)
     align_alpha: float | None = _opt(
@@ -101,12 +104,13 @@ class EmbedOptions:
         "cross-plate alignment z <- a z + (1-a) mean over plates of the well position; OFF by default; USES "
         "PLATE-LAYOUT KNOWLEDGE; writes profiles_aligned_alpha<a>.parquet beside profiles.parquet",
         type=float,
+        metavar="A",
     )
     align_by: list | None = _opt(
         None, "comma-separated metadata columns grouping the alignment means", metavar="COLS", type=comma_list
     )
-    batch_size: int = _opt(64, "images per forward pass", type=int)
-    device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)")
+    batch_size: int = _opt(64, "images per forward pass", type=int, metavar="N")
+    device: str | None = _opt(None, "torch device (default: cuda if available, else cpu)", metavar="DEV")
     num_workers: int | None = _opt(None, "image-reading workers (default: min(8, CPUs) on CUDA, 0 on CPU)", flag=False)
     metadata: str | None = _opt(None, "per-well metadata CSV/Parquet (default: packaged CPJUMP1 files)", metavar="FILE")
     dataset_opt: list = _opt(
