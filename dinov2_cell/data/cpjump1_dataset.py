@@ -63,6 +63,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.data import index as idx
 from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
 from dinov2_cell.data.intensity import (
@@ -220,7 +221,7 @@ class CPJUMP1Dataset(Dataset):
         self._plate_code = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         self._row = np.concatenate([np.arange(k, dtype=np.int64) for k in sizes])
         n = len(table)
-        keys = table["Metadata_Plate"].astype(str) + "/" + table["Metadata_Well"].astype(str)
+        keys = table[PLATE].astype(str) + "/" + table[WELL].astype(str)
         change = np.r_[True, keys.to_numpy()[1:] != keys.to_numpy()[:-1]]
         starts = np.flatnonzero(change)
         group_sizes = np.diff(np.r_[starts, n])
@@ -256,13 +257,13 @@ class CPJUMP1Dataset(Dataset):
 
         known = set(md.compound_plates())
         plates = [p for p in self.plates if p in known]
-        meta = md.well_metadata(plates) if plates else pd.DataFrame(columns=["Metadata_Plate", "Metadata_Well"])
-        return self.index.merge(meta, on=["Metadata_Plate", "Metadata_Well"], how="left")
+        meta = md.well_metadata(plates) if plates else pd.DataFrame(columns=[PLATE, WELL])
+        return self.index.merge(meta, on=[PLATE, WELL], how="left")
 
     def site_key(self, index: int) -> tuple[str, str, int]:
         """(plate, well, site) of sample ``index``."""
         row = self.index.iloc[index]
-        return row["Metadata_Plate"], row["Metadata_Well"], int(row["Metadata_Site"])
+        return row[PLATE], row[WELL], int(row[SITE])
 
     def file_paths(self, index: int) -> list[str]:
         """Image files of sample ``index`` in channel order (empty for store samples)."""

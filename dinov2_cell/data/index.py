@@ -186,7 +186,7 @@ def index_plates(
                     raise
                 skips.record("unusable LoadData CSVs", str(e))
                 continue
-            for plate in pd.unique(df["Metadata_Plate"]):
+            for plate in pd.unique(df[PLATE]):
                 if plate in csv_plates:
                     raise DataIndexError(
                         f"plate {plate} is described by several LoadData CSVs: {csv_plates[plate]} and {csv}"
@@ -217,11 +217,11 @@ def index_plates(
                 )
             )
     index = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=INDEX_COLUMNS)
-    index["Metadata_Site"] = index["Metadata_Site"].astype(int)
-    for col in ("Metadata_Plate", "Metadata_Well", "channel", "path", "illum_path", "origin"):
+    index[SITE] = index[SITE].astype(int)
+    for col in (PLATE, WELL, "channel", "path", "illum_path", "origin"):
         index[col] = index[col].astype(str)  # same dtypes whichever source a plate came from
 
-    present = set(index["Metadata_Plate"])
+    present = set(index[PLATE])
     if wanted_plates is not None:
         missing = [p for p in wanted_plates if p not in present]
         for plate in missing:
@@ -239,7 +239,7 @@ def index_plates(
         {c: i for i, c in enumerate(resolve_channels(channels, extra=index["channel"].unique()))} if channels else {}
     )
     index["_ch"] = index["channel"].map(order).fillna(len(order)) if order else 0
-    index = index.sort_values(["Metadata_Plate", "Metadata_Well", "Metadata_Site", "_ch", "channel"], kind="stable")
+    index = index.sort_values([PLATE, WELL, SITE, "_ch", "channel"], kind="stable")
     return index.drop(columns="_ch").reset_index(drop=True)
 
 
@@ -327,7 +327,7 @@ def _check_site_counts(sites: pd.DataFrame, on_error: str, skips: SkipLog, sites
     # A plate's usual site count = the most common highest site number over its wells (ties: the larger). Missing
     # sites (real: wells with 7 or 8 of 9) leave it unchanged; a well with sites beyond it (a second acquisition
     # mixed in, a 16-site well on a 9-site plate) is inconsistent.
-    per_well = sites.groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Site"].agg(["size", "max"])
+    per_well = sites.groupby([PLATE, WELL])[SITE].agg(["size", "max"])
     drop = []
     for plate, wells in per_well.groupby(level=0):
         limit = sites_per_well if sites_per_well is not None else int(wells["max"].mode().max())
@@ -346,6 +346,6 @@ def _check_site_counts(sites: pd.DataFrame, on_error: str, skips: SkipLog, sites
         if fewer:
             logger.info("plate %s: %d well(s) have fewer than %d sites (kept)", plate, fewer, limit)
     if drop:
-        keys = pd.MultiIndex.from_frame(sites[["Metadata_Plate", "Metadata_Well"]])
+        keys = pd.MultiIndex.from_frame(sites[[PLATE, WELL]])
         sites = sites[~keys.isin(drop)]
     return sites

@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.data.errors import DataIndexError, SkipLog, check_on_error
 from dinov2_cell.data.names import normalize_well, resolve_channels, well_name
 
@@ -28,7 +29,7 @@ logger = logging.getLogger("dinov2_cell.data")
 
 LOAD_DATA_NAMES = ("load_data_with_illum.csv", "load_data_with_illum.csv.gz", "load_data.csv", "load_data.csv.gz")
 ILLUM_MODES = ("auto", "yes", "no")
-INDEX_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "channel", "path", "illum_path", "origin"]
+INDEX_COLUMNS = [PLATE, WELL, SITE, "channel", "path", "illum_path", "origin"]
 
 
 class _DirResolver:
@@ -143,9 +144,9 @@ def read_load_data_csv(
                 return n
         raise DataIndexError(f"{csv_path}: missing column {' or '.join(names)} (has: {', '.join(cols)})")
 
-    plate_col = need("Metadata_Plate")
-    if "Metadata_Well" in df.columns:
-        wells_raw = df["Metadata_Well"]
+    plate_col = need(PLATE)
+    if WELL in df.columns:
+        wells_raw = df[WELL]
         try:
             wells = wells_raw.map(normalize_well)
         except ValueError as e:
@@ -158,7 +159,7 @@ def read_load_data_csv(
             )
         except ValueError as e:
             raise DataIndexError(f"{csv_path}: columns Metadata_Row/Metadata_Col: {e}") from e
-    site_col = need("Metadata_Site", "Metadata_Field")
+    site_col = need(SITE, "Metadata_Field")
     try:
         sites = df[site_col].astype(int)
     except ValueError as e:
@@ -196,9 +197,9 @@ def read_load_data_csv(
         pieces.append(
             pd.DataFrame(
                 {
-                    "Metadata_Plate": df[plate_col],
-                    "Metadata_Well": wells,
-                    "Metadata_Site": sites,
+                    PLATE: df[plate_col],
+                    WELL: wells,
+                    SITE: sites,
                     "channel": ch,
                     "path": paths,
                     "illum_path": illum_paths,

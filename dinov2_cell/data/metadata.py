@@ -22,7 +22,7 @@ from importlib import resources
 
 import pandas as pd
 
-from dinov2_cell.columns import CELL_LINES
+from dinov2_cell.columns import CELL_LINES, PLATE, WELL
 
 BATCH = "2020_11_04_CPJUMP1"
 COMPOUND_PLATEMAP = "JUMP-Target-1_compound_platemap"
@@ -108,7 +108,7 @@ def plate_metadata(plates: list[str] | None = None, *, batch: str | None = BATCH
         exp = exp[exp["Batch"] == batch]
     table = pd.DataFrame(
         {
-            "Metadata_Plate": exp["Assay_Plate_Barcode"],
+            PLATE: exp["Assay_Plate_Barcode"],
             "Metadata_Plate_Map_Name": exp["Plate_Map_Name"],
             "Metadata_Perturbation": exp["Perturbation"],
             "Metadata_cell_line": exp["Cell_type"],
@@ -117,27 +117,27 @@ def plate_metadata(plates: list[str] | None = None, *, batch: str | None = BATCH
             "Metadata_Anomaly": exp["Anomaly"],
             "Metadata_Batch": exp["Batch"],
         }
-    ).drop_duplicates("Metadata_Plate")
+    ).drop_duplicates(PLATE)
     # barcode_platemap.csv is the authoritative barcode -> plate map for the batch; it agrees with the
     # experiment table (checked in the tests), so it only fills plates the experiment table might lack.
     if batch in (None, BATCH):
         bp = read_barcode_platemap().rename(
-            columns={"Assay_Plate_Barcode": "Metadata_Plate", "Plate_Map_Name": "Metadata_Plate_Map_Name"}
+            columns={"Assay_Plate_Barcode": PLATE, "Plate_Map_Name": "Metadata_Plate_Map_Name"}
         )
-        missing = bp[~bp["Metadata_Plate"].isin(table["Metadata_Plate"])]
+        missing = bp[~bp[PLATE].isin(table[PLATE])]
         if len(missing):
             table = pd.concat([table, missing.assign(Metadata_Batch=BATCH)], ignore_index=True).fillna("")
-    table = table.sort_values("Metadata_Plate").reset_index(drop=True)
+    table = table.sort_values(PLATE).reset_index(drop=True)
     if plates is None:
         return table
     plates = [plates] if isinstance(plates, str) else list(plates)
-    unknown = [p for p in plates if p not in set(table["Metadata_Plate"])]
+    unknown = [p for p in plates if p not in set(table[PLATE])]
     if unknown:
         raise ValueError(
             f"unknown plate barcode(s) {unknown} (not in experiment-metadata.tsv"
             f"{'' if batch is None else ' for batch ' + batch})"
         )
-    return table.set_index("Metadata_Plate").loc[plates].reset_index()
+    return table.set_index(PLATE).loc[plates].reset_index()
 
 
 def compound_plates(cell_line: str | None = None) -> list[str]:
@@ -157,7 +157,7 @@ def compound_plates(cell_line: str | None = None) -> list[str]:
     if cell_line is not None:
         wanted = _canonical_cell_line(cell_line)
         table = table[table["Metadata_cell_line"] == wanted]
-    return sorted(table["Metadata_Plate"])
+    return sorted(table[PLATE])
 
 
 def plate_cell_lines(plates: list[str] | None = None) -> dict[str, str]:
@@ -170,7 +170,7 @@ def plate_cell_lines(plates: list[str] | None = None) -> dict[str, str]:
         Dict barcode -> cell line.
     """
     table = plate_metadata(plates)
-    return dict(zip(table["Metadata_Plate"], table["Metadata_cell_line"]))
+    return dict(zip(table[PLATE], table["Metadata_cell_line"]))
 
 
 def compound_table() -> pd.DataFrame:
@@ -207,7 +207,7 @@ def compound_layout() -> pd.DataFrame:
     """
     pm = read_compound_platemap().rename(
         columns={
-            "well_position": "Metadata_Well",
+            "well_position": WELL,
             "broad_sample": "Metadata_broad_sample",
             "solvent": "Metadata_solvent",
         }
@@ -253,11 +253,11 @@ def well_metadata(plates: list[str] | None = None) -> pd.DataFrame:
             f"{COMPOUND_PLATEMAP!r} is packaged, so well metadata exists for compound plates only"
         )
     layout = compound_layout()
-    cols = ["Metadata_Plate", "Metadata_Plate_Map_Name", "Metadata_cell_line", "Metadata_Time", "Metadata_Density"]
+    cols = [PLATE, "Metadata_Plate_Map_Name", "Metadata_cell_line", "Metadata_Time", "Metadata_Density"]
     out = pmeta[cols + ["Metadata_Anomaly"]].merge(layout, how="cross")
     order = [
-        "Metadata_Plate",
-        "Metadata_Well",
+        PLATE,
+        WELL,
         "Metadata_Plate_Map_Name",
         "Metadata_cell_line",
         "Metadata_broad_sample",
@@ -273,7 +273,7 @@ def well_metadata(plates: list[str] | None = None) -> pd.DataFrame:
         "Metadata_Density",
         "Metadata_Anomaly",
     ]
-    return out[order].sort_values(["Metadata_Plate", "Metadata_Well"]).reset_index(drop=True)
+    return out[order].sort_values([PLATE, WELL]).reset_index(drop=True)
 
 
 def _canonical_cell_line(cell_line: str) -> str:

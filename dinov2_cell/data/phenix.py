@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.data.errors import DataIndexError, SkipLog
 from dinov2_cell.data.loaddata import INDEX_COLUMNS
 from dinov2_cell.data.names import PHENIX_CHANNELS, PHENIX_RE, plate_from_folder, resolve_channels, well_name
@@ -70,8 +71,8 @@ def scan_phenix_folder(
         if on_error == "raise":
             raise DataIndexError(msg + " (z-stacks are not supported; use on_error=skip to ignore them)")
         skips.record("files of other z-planes", msg, len(other_planes))
-    out = pd.DataFrame(rows, columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", "channel", "path"])
-    out["Metadata_Site"] = out["Metadata_Site"].astype(int)
+    out = pd.DataFrame(rows, columns=[PLATE, WELL, SITE, "channel", "path"])
+    out[SITE] = out[SITE].astype(int)
     out["illum_path"] = ""
     out["origin"] = str(folder)
     return out[INDEX_COLUMNS]

@@ -24,6 +24,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from dinov2_cell.columns import PLATE
 from dinov2_cell.cli import (
     HelpFormatter,
     UsageError,
@@ -88,7 +89,7 @@ def prepare_store(
     )
     sites = idx.site_table(long, names, on_error=on_error, skips=skips)
     store = init_store(out, names)  # only once the input is known to be usable: no empty store left behind
-    plate_list = list(dict.fromkeys(sites["Metadata_Plate"]))
+    plate_list = list(dict.fromkeys(sites[PLATE]))
     todo, complete = [], []
     for plate in plate_list:
         if plate_is_complete(store, plate, names):
@@ -98,9 +99,7 @@ def prepare_store(
                 continue
             forget_plate(store, plate)
         todo.append(plate)
-    jobs = [
-        (store, p, sites[sites["Metadata_Plate"] == p], names, on_error, progress and num_workers <= 1) for p in todo
-    ]
+    jobs = [(store, p, sites[sites[PLATE] == p], names, on_error, progress and num_workers <= 1) for p in todo]
     bar = tqdm(total=len(jobs), desc="plates", unit="plate", disable=not progress)
     if num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:

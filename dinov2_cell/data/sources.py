@@ -26,6 +26,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 import pandas as pd
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.data import index as idx
 from dinov2_cell.data.errors import DataIndexError, SkipLog
 from dinov2_cell.data.intensity import apply_illumination
@@ -115,7 +116,7 @@ class TiffPlateSource:
         self.indexed_from = indexed_from
         self.illum_mode = illum_mode
         self.cache = cache if cache is not None else IllumCache()
-        sites = sites.sort_values(["Metadata_Well", "Metadata_Site"], kind="stable").reset_index(drop=True)
+        sites = sites.sort_values([WELL, SITE], kind="stable").reset_index(drop=True)
         self.sites = sites[idx.SITE_KEYS].copy()
         # Compact per-site arrays (no per-site Python objects): cheap to pickle to DataLoader workers and free of
         # the copy-on-read growth that lists of strings cause in forked workers.
@@ -204,7 +205,7 @@ class StorePlateSource:
         self.illum_mode = illum_mode
         self.cache = cache if cache is not None else IllumCache()
         table = store.site_index([plate])
-        table = table.sort_values(["Metadata_Well", "Metadata_Site"], kind="stable").reset_index(drop=True)
+        table = table.sort_values([WELL, SITE], kind="stable").reset_index(drop=True)
         self.sites = table[idx.SITE_KEYS].copy()
         self._rows = table["store_row"].to_numpy(np.int64)
         pos = [store.channel_names.index(ch) for ch in channels]
@@ -312,13 +313,13 @@ def open_sources(
                 channel_map=channel_map,
                 skips=skips,
             )
-            long = long[~long["Metadata_Plate"].isin(store_plates)]
+            long = long[~long[PLATE].isin(store_plates)]
             if plates is None and keep_line is not None:
-                long = long[long["Metadata_Plate"].isin(keep_line)]
+                long = long[long[PLATE].isin(keep_line)]
             if len(long):
                 table = idx.site_table(long, channels, on_error=on_error, skips=skips, sites_per_well=sites_per_well)
-                origin = long.groupby("Metadata_Plate")["origin"].first()
-                for plate, rows in table.groupby("Metadata_Plate", sort=True):
+                origin = long.groupby(PLATE)["origin"].first()
+                for plate, rows in table.groupby(PLATE, sort=True):
                     how = "csv" if str(origin[plate]).lower().endswith((".csv", ".csv.gz")) else "scan"
                     sources.append(TiffPlateSource(plate, rows, channels, illum, cache, indexed_from=how))
     if not sources:
@@ -326,7 +327,7 @@ def open_sources(
     if wells is not None:
         kept = []
         for s in sources:
-            mask = s.sites["Metadata_Well"].isin(list(wells)).to_numpy()
+            mask = s.sites[WELL].isin(list(wells)).to_numpy()
             if mask.any():
                 kept.append(_subset(s, mask))
         if not kept:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.atomic import atomic_path, write_text
 from dinov2_cell.data.errors import DataIndexError, DataReadError, SkipLog, check_on_error
 from dinov2_cell.data.intensity import DEFAULT_PERCENTILES, apply_illumination, channel_percentiles
@@ -136,13 +137,13 @@ class PlateStore:
         parts = []
         for p in plates:
             csv = self.path / "plates" / f"{p}.index.csv"
-            df = pd.read_csv(csv, dtype={"Metadata_Plate": str, "Metadata_Well": str})
+            df = pd.read_csv(csv, dtype={PLATE: str, WELL: str})
             if len(df) != self.plates[p]["n_sites"]:
                 raise DataIndexError(f"{csv}: {len(df)} rows but the plate array has {self.plates[p]['n_sites']} sites")
             df["store_row"] = np.arange(len(df))
             parts.append(df[df["ok"] == 1].drop(columns="ok"))
         out = pd.concat(parts, ignore_index=True)
-        out["Metadata_Site"] = out["Metadata_Site"].astype(int)
+        out[SITE] = out[SITE].astype(int)
         return out
 
     def _array(self, plate: str) -> np.ndarray:
@@ -317,7 +318,7 @@ def write_plate(
     """
     check_on_error(on_error)
     skips = skips or SkipLog("prepare")
-    sites = sites.sort_values(["Metadata_Well", "Metadata_Site"]).reset_index(drop=True)
+    sites = sites.sort_values([WELL, SITE]).reset_index(drop=True)
     n, c = len(sites), len(channels)
     paths = sites[[f"path_{ch}" for ch in channels]].to_numpy()
     plates_dir = out / "plates"
@@ -377,7 +378,7 @@ def write_plate(
     _save_npy(plates_dir / f"{plate}.percentiles.npy", pct)
     if illum is not None:
         _save_npy(plates_dir / f"{plate}.illum.npy", illum)
-    index = sites[["Metadata_Plate", "Metadata_Well", "Metadata_Site"]].assign(ok=ok)
+    index = sites[[PLATE, WELL, SITE]].assign(ok=ok)
     write_text(plates_dir / f"{plate}.index.csv", index.to_csv(index=False, lineterminator="\n"))
     info = {
         "plate": plate,

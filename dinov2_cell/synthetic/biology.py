@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dinov2_cell.columns import CELL_LINES
+from dinov2_cell.columns import CELL_LINES, WELL
 from dinov2_cell.data import metadata as md
 from dinov2_cell.data.names import normalize_well
 
@@ -99,12 +99,12 @@ def select_wells(wells: int | str | Sequence[str] | None = DEFAULT_WELLS) -> lis
     if wells is None:
         wells = DEFAULT_WELLS
     if isinstance(wells, str) and wells.strip().lower() == "all":
-        return sorted(layout["Metadata_Well"])
+        return sorted(layout[WELL])
     if isinstance(wells, str) and not wells.strip().isdigit():
         wells = [w for w in wells.split(",") if w.strip()]
     if not isinstance(wells, (int, np.integer)) and not (isinstance(wells, str) and wells.strip().isdigit()):
         names = sorted({normalize_well(w) for w in wells})
-        unknown = [w for w in names if w not in set(layout["Metadata_Well"])]
+        unknown = [w for w in names if w not in set(layout[WELL])]
         if unknown:
             raise ValueError(f"unknown wells {unknown} (a 384-well plate has A01..P24)")
         return names
@@ -112,17 +112,17 @@ def select_wells(wells: int | str | Sequence[str] | None = DEFAULT_WELLS) -> lis
     if not 1 <= n <= 384:
         raise ValueError(f"--wells must be 'all', a list, or 1..384, got {n}")
     if n == 384:
-        return sorted(layout["Metadata_Well"])
-    dmso = layout[layout["Metadata_broad_sample"] == ""]["Metadata_Well"].tolist()
+        return sorted(layout[WELL])
+    dmso = layout[layout["Metadata_broad_sample"] == ""][WELL].tolist()
     n_dmso = max(1, int(round(n / 6))) if n > 1 else 0
     chosen = _spread(sorted(dmso), n_dmso)
     treated = layout[layout["Metadata_broad_sample"] != ""].drop_duplicates("Metadata_broad_sample")
-    by_target = treated.groupby("Metadata_target")["Metadata_Well"].apply(sorted)
+    by_target = treated.groupby("Metadata_target")[WELL].apply(sorted)
     pairs = [w for w in by_target.index if len(by_target[w]) == 2]
     need = n - len(chosen)
     for target in _spread(sorted(pairs), need // 2):
         chosen.extend(by_target[target])
-    rest = [w for w in sorted(treated["Metadata_Well"]) if w not in chosen]
+    rest = [w for w in sorted(treated[WELL]) if w not in chosen]
     chosen.extend(_spread(rest, n - len(chosen)))
     return sorted(chosen)
 

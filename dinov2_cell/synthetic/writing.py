@@ -34,6 +34,7 @@ import pandas as pd
 import tifffile
 from tqdm import tqdm
 
+from dinov2_cell.columns import PLATE, SITE, WELL
 from dinov2_cell.atomic import atomic_path, write_text
 from dinov2_cell.data import metadata as md
 from dinov2_cell.data.names import ALL_CHANNELS, PHENIX_CHANNELS, parse_well, phenix_filename
@@ -196,7 +197,7 @@ def generate_plates(
         stray = sorted(sixteen - set(barcodes))
         if stray:
             raise ValueError(f"--sixteen-site-plates {stray} are not among the generated plates {barcodes}")
-    layout = md.compound_layout().set_index("Metadata_Well")
+    layout = md.compound_layout().set_index(WELL)
     line_of = md.plate_cell_lines(barcodes)
     all_compound = md.compound_plates()
 
@@ -284,8 +285,8 @@ def generate_plates(
     write_text(out / "synthetic_truth.csv", truth.to_csv(index=False, lineterminator="\n"))
     site_truth = pd.DataFrame(
         [(b, w, s, n) for b, rows in written.items() for w, s, n in rows],
-        columns=["Metadata_Plate", "Metadata_Well", "Metadata_Site", "n_cells"],
-    ).sort_values(["Metadata_Plate", "Metadata_Well", "Metadata_Site"])
+        columns=[PLATE, WELL, SITE, "n_cells"],
+    ).sort_values([PLATE, WELL, SITE])
     write_text(out / "synthetic_sites.csv", site_truth.to_csv(index=False, lineterminator="\n"))
     result = SyntheticPlates(
         out_dir=str(out),
@@ -326,9 +327,9 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
 
 def _load_data_table(plate: SyntheticPlate, rows: list[tuple[str, int]]) -> pd.DataFrame:
     data = {
-        "Metadata_Plate": [plate.barcode] * len(rows),
-        "Metadata_Well": [w for w, _ in rows],
-        "Metadata_Site": [s for _, s in rows],
+        PLATE: [plate.barcode] * len(rows),
+        WELL: [w for w, _ in rows],
+        SITE: [s for _, s in rows],
     }
     rc = [parse_well(w) for w, _ in rows]
     data["Metadata_Row"] = [r for r, _ in rc]
