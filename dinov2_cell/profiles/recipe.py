@@ -30,7 +30,8 @@ from dinov2_cell.profiles.io import PLATE, feature_columns, is_control, metadata
 
 logger = logging.getLogger("dinov2_cell.profiles")
 
-NORMALIZE_METHODS = ("standardize", "robustize", "mad_robustize", "spherize")
+# Per-plate methods only: sphering is fitted on the DMSO wells of a whole batch (see dinov2_cell.eval.normalize).
+NORMALIZE_METHODS = ("standardize", "robustize", "mad_robustize")
 SELECT_OPERATIONS = ("drop_na_columns", "variance_threshold", "correlation_threshold", "blocklist", "drop_outliers")
 _CONTROL_COL = "Metadata_is_DMSO_reference"
 
@@ -75,7 +76,7 @@ def normalize_per_plate(
 
     Args:
         df: well profiles with Metadata_Plate and Metadata_pert_iname and/or Metadata_broad_sample.
-        method: pycytominer method (``standardize``, ``robustize``, ``mad_robustize``, ``spherize``).
+        method: pycytominer method (``standardize``, ``robustize`` or ``mad_robustize``).
         features: feature columns (default: every numeric non-Metadata column).
         min_controls: fewest DMSO wells a plate may have.
         plate_col: plate column.

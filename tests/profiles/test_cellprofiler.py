@@ -302,3 +302,16 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
         timeout=600,
     )
     assert r4.returncode == 2 and r4.stderr.strip().count("\n") == 0 and "nope" in r4.stderr
+
+
+def test_object_counts_match_the_generators_site_truth(tiny_plates):
+    from dinov2_cell.profiles.driver import PlateSource
+
+    truth = pd.read_csv(os.path.join(tiny_plates, "synthetic_sites.csv"), dtype={"Metadata_Plate": str})
+    feat = CellProfilerFeaturiser(measure=MeasureSettings(families=("sizeshape",)), progress=False)
+    for plate in ("BR00116991", "BR00116995"):
+        table = feat.featurise_plate(plate, feat.open_plate(PlateSource(tiny_plates, channels="fluo"), plate))
+        found = table["Metadata_Object_Count"].astype(int).sum()
+        true = truth.loc[truth["Metadata_Plate"] == plate, "n_cells"].sum()
+        assert abs(found - true) <= 0.15 * true, (plate, found, true)
+        np.testing.assert_allclose(table["Image_Count_Cells"] * 2, table["Metadata_Object_Count"].astype(float))
