@@ -1,6 +1,6 @@
 """Where a plate's images come from, chosen once per plate: TIFF files (LoadData CSV or Phenix scan) or a prepared store.
 
-Every source implements :class:`PlateSource`: the sites of one plate (``sites``: Metadata_Plate, Metadata_Well,
+Every source is a :class:`PlateSource`: the sites of one plate (``sites``: Metadata_Plate, Metadata_Well,
 Metadata_Site, sorted by well and site) and, for site ``i`` of that table, ``read_raw(i)`` (uint16 C x H x W, no
 correction), ``illumination(i, shape)`` (float32 C x H x W functions or None), ``read(i)`` (the image the normaliser
 sees: illumination-corrected when functions exist), ``site_percentiles(i, q)`` (precomputed per-channel percentiles
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,28 +37,95 @@ from dinov2_cell.data.store import PlateStore
 ILLUM_CACHE_ENTRIES = 4
 
 
-class PlateSource(Protocol):
-    """The sites of one plate and how to read them (``i`` is a row of :attr:`sites`)."""
+class PlateSource:
+    """The sites of one plate and how to read them (``i`` is a row of :attr:`sites`).
+
+    Attributes:
+        plate: barcode.
+        kind: ``"tiff"`` or ``"store"`` (the ``source`` column of the dataset's index).
+        sites: Metadata_Plate, Metadata_Well, Metadata_Site of each site, sorted by well and site.
+    """
 
     plate: str
-    kind: str  # "tiff" or "store": the ``source`` column of the dataset's index
+    kind: str
     sites: pd.DataFrame
+    # names of the per-site arrays (first axis = site) that :meth:`keep_sites` subsets
+    _per_site: tuple[str, ...] = ()
 
     def read_raw(self, i: int) -> np.ndarray:
-        """uint16 C x H x W image of site ``i`` (no illumination correction)."""
+        """Read one site.
+
+        Args:
+            i: row of :attr:`sites`.
+
+        Returns:
+            uint16 C x H x W image (no illumination correction).
+
+        Raises:
+            DataReadError: missing or unreadable input (names the file).
+        """
+        raise NotImplementedError
 
     def illumination(self, i: int, shape) -> np.ndarray | None:
-        """float32 C x H x W illumination functions of site ``i`` (None when it has none)."""
+        """Illumination functions of one site.
+
+        Args:
+            i: row of :attr:`sites`.
+            shape: (H, W) of its images.
+
+        Returns:
+            float32 C x H x W functions (ones for channels without one), or None when the site has none.
+        """
+        return None
 
     def read(self, i: int) -> np.ndarray:
-        """Site ``i`` as the normaliser sees it: uint16 (possibly a read-only view), or float32 divided by its
-        illumination functions."""
+        """Site ``i`` as the normaliser sees it.
+
+        Args:
+            i: row of :attr:`sites`.
+
+        Returns:
+            uint16 C x H x W (possibly a read-only view), or float32 divided by its illumination functions.
+        """
+        raw = self.read_raw(i)
+        return apply_illumination(raw, self.illumination(i, raw.shape[1:]))
 
     def site_percentiles(self, i: int, q: Sequence[float]) -> np.ndarray | None:
-        """Precomputed (C, len(q)) percentiles of :meth:`read` (None when not available)."""
+        """Per-channel percentiles of :meth:`read` precomputed when the source was prepared.
+
+        Args:
+            i: row of :attr:`sites`.
+            q: percentiles in [0, 100].
+
+        Returns:
+            float64 (C, len(q)) array, or None when not available.
+        """
+        return None
 
     def file_paths(self, i: int) -> list[str]:
-        """Image files of site ``i`` in channel order (empty when not read from files)."""
+        """Image files of one site.
+
+        Args:
+            i: row of :attr:`sites`.
+
+        Returns:
+            Paths in channel order (empty when the source does not read files).
+        """
+        return []
+
+    def keep_sites(self, mask: np.ndarray) -> PlateSource:
+        """Keep only the sites where ``mask`` is True (e.g. a wells filter), in place.
+
+        Args:
+            mask: boolean array, one value per row of :attr:`sites`.
+
+        Returns:
+            This source.
+        """
+        self.sites = self.sites[mask].reset_index(drop=True)
+        for name in self._per_site:
+            setattr(self, name, getattr(self, name)[mask])
+        return self
 
 
 class IllumCache:
@@ -89,7 +156,7 @@ class IllumCache:
         return {"entries": self.entries, "_items": OrderedDict()}
 
 
-class TiffPlateSource:
+class TiffPlateSource(PlateSource):
     """One plate read from uint16 TIFF files, one per channel.
 
     Args:
@@ -102,6 +169,7 @@ class TiffPlateSource:
     """
 
     kind = "tiff"
+    _per_site = ("_dir_idx", "_names", "_illum_idx")
 
     def __init__(
         self,
@@ -171,15 +239,7 @@ class TiffPlateSource:
 
         return self.cache.get(("tiff", self.plate, key), load)
 
-    def read(self, i: int) -> np.ndarray:
-        raw = self.read_raw(i)
-        return apply_illumination(raw, self.illumination(i, raw.shape[1:]))
-
-    def site_percentiles(self, i: int, q: Sequence[float]) -> np.ndarray | None:
-        return None
-
-
-class StorePlateSource:
+class StorePlateSource(PlateSource):
     """One plate read from a prepared store.
 
     Args:
@@ -191,6 +251,7 @@ class StorePlateSource:
     """
 
     kind = "store"
+    _per_site = ("_rows",)
 
     def __init__(
         self,
@@ -212,9 +273,6 @@ class StorePlateSource:
         contiguous = pos == list(range(pos[0], pos[0] + len(pos)))
         self._channels = slice(pos[0], pos[0] + len(pos)) if contiguous else pos
         self._channel_pos = pos
-
-    def file_paths(self, i: int) -> list[str]:
-        return []
 
     def read_raw(self, i: int) -> np.ndarray:
         return self.store.read(self.plate, int(self._rows[i]), self._channels)
@@ -329,17 +387,8 @@ def open_sources(
         for s in sources:
             mask = s.sites[WELL].isin(list(wells)).to_numpy()
             if mask.any():
-                kept.append(_subset(s, mask))
+                kept.append(s.keep_sites(mask))
         if not kept:
             raise DataIndexError(f"none of the wells {list(wells)} has sites")
         sources = kept
     return sorted(sources, key=lambda s: s.plate)
-
-
-def _subset(source, mask: np.ndarray):
-    # Keep the rows of ``mask`` in a source's per-site arrays (the wells= filter).
-    source.sites = source.sites[mask].reset_index(drop=True)
-    for name in ("_dir_idx", "_names", "_illum_idx", "_rows"):
-        if hasattr(source, name):
-            setattr(source, name, getattr(source, name)[mask])
-    return source
