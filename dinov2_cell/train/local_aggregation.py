@@ -60,6 +60,7 @@ class LocalAggregationMetaArch(SSLMetaArch):
         self.device_augmentation = build_device_augmentation(cfg)
         self._defer_backprop = False
         self._deferred_loss = None
+        self.last_local_aggregation_targets = None  # the last step's v1 teacher targets, read by the health monitor
 
     def backprop_loss(self, loss):
         if self._defer_backprop:
@@ -129,6 +130,7 @@ class LocalAggregationMetaArch(SSLMetaArch):
         device = next(self.student.parameters()).device
         other = images[OTHER_SITE_KEY].to(device, non_blocking=True)
         dino_term, koleo_term = self.local_aggregation_losses(other, captured["probs"])
+        self.last_local_aggregation_targets = captured["probs"].detach()
         total = self._deferred_loss + self.local_aggregation_loss_weight * dino_term
         loss_dict["local_aggregation_loss"] = dino_term
         if koleo_term is not None:

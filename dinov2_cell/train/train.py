@@ -18,6 +18,7 @@ import torch
 
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
+from dinov2_cell.train import health
 from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
 
@@ -54,12 +55,12 @@ def build_training_dataset(cfg, transform):
     return dataset
 
 
-def plug_cell_components(cfg, dataset, do_local_aggregation: bool):
+def plug_cell_components(cfg, dataset, do_local_aggregation: bool, metric_logger=None):
     """Makes upstream's `do_train` build the cell augmentation and the other-site collate, and reuse `dataset`."""
     from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 
     augmentation = partial(CellDataAugmentation, other_site_view=do_local_aggregation, **cfg.augmentations)
-    bind_training_run(augmentation=augmentation, dataset=dataset)
+    bind_training_run(augmentation=augmentation, dataset=dataset, metric_logger=metric_logger)
     return dataset
 
 
@@ -72,7 +73,8 @@ def main(args) -> str:
     setup(args, cfg)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = LocalAggregationMetaArch(cfg)
-    plug_cell_components(cfg, dataset, model.do_local_aggregation)
+    # collapse diagnostics into training_metrics.json (health.period_iterations)
+    plug_cell_components(cfg, dataset, model.do_local_aggregation, health.metric_logger(cfg, model, dataset))
     model = model.to(device)
     model.prepare_for_distributed_training()
     logger.info("Model:\n%s", model)
