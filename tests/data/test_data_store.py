@@ -144,3 +144,13 @@ def test_parallel_plates_match_sequential(synth, tmp_path):
         for suffix in (".npy", ".index.csv", ".json"):
             name = f"plates/{plate}{suffix}"
             assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_store_dataset_pickles_to_workers(store):
+    import pickle
+
+    ds = CPJUMP1Dataset(root=store, channels="fluo")
+    want = [ds.get_image(i) for i in (0, 3)]  # opens the memory maps and fills the illumination cache
+    clone = pickle.loads(pickle.dumps(ds))
+    assert all(src.store._mm == {} for src in clone.sources if src.kind == "store")  # reopened lazily
+    assert all(torch.equal(clone.get_image(i), w) for i, w in zip((0, 3), want))
