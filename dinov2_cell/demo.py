@@ -8,7 +8,9 @@ Steps (each resumable: re-running skips what is complete):
 4. well profiles (`dinov2_cell.embed`: CLS + mean patch token per site, sites concatenated on the 3x3 grid,
    fluorescent + brightfield) for the three ViT variants, and classical per-channel intensity/texture features
 5. the challenge kNN protocol (4 train->test cell-line combinations) and copairs mAP for each
-6. a report (Markdown + PNG): loss curves, kNN per combination, a 2-D projection of the well embeddings
+6. a kNN probe of the fluorescent local-aggregation teacher at checkpoints along its run
+7. a report (Markdown + PNG): loss and training-health curves, the kNN probe curve, kNN per combination, a 2-D
+   projection of the well embeddings
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ MODELS = {
 # Two plates per cell line (plate-wise folds become leave-one-plate-out); BR00117015 is imaged with 16 sites per well.
 DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
+# Teacher checkpoints of the fluorescent local-aggregation run probed with kNN (plus its random-init control at 0).
+PROBE_CHECKPOINTS = 4
+HEALTH_RUNS = {"fluo_la": "fluo, LA", "fluo_nola": "fluo, no LA", "bf_la": "bf, LA", "bf_nola": "bf, no LA"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -120,10 +125,60 @@ def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
                 cmd.append(f"optim.epochs={args.epochs}")
             if weight is not None:
                 cmd.append(f"local_aggregation.loss_weight={weight}")
+            if (group, variant) == ("fluo", "la"):  # teacher checkpoints along the run for the kNN probe curve
+                cmd.append(f"evaluation.eval_period_iterations={probe_period(args, CONFIGS[group])}")
             t0 = time.time()
             _run(cmd, os.path.join(runs_dir, f"{group}_{variant}.log"))
             logger.info("trained %s in %.0f s", out, time.time() - t0)
     return runs
+
+
+def probe_period(args, config_file: str) -> int:
+    """Iterations between the teacher checkpoints of the kNN probe (PROBE_CHECKPOINTS along the run)."""
+    from omegaconf import OmegaConf
+
+    from dinov2_cell.train.config import resolve_config_file
+
+    cfg = OmegaConf.load(resolve_config_file(config_file))
+    epochs = args.epochs if args.epochs is not None else int(cfg.optim.epochs)
+    return max(1, epochs * int(cfg.train.OFFICIAL_EPOCH_LENGTH) // PROBE_CHECKPOINTS)
+
+
+def checkpoint_probe(args, plates_dir: str, run: str, random_run: str, out: str) -> list[dict]:
+    """kNN probe of the teacher along one run: fluorescent-only profiles of each `eval/training_<i>` checkpoint.
+
+    The random-init control (same architecture, not trained) stands at iteration 0.
+
+    Returns:
+        [{"iteration", "knn_mean_accuracy"}], by iteration.
+    """
+    import glob
+
+    from dinov2_cell.embed import embed_plates
+    from dinov2_cell.eval.knn_wells import evaluate
+    from dinov2_cell.profiles.io import read_profiles
+
+    points = [(0, os.path.join(random_run, "eval", "final", "teacher_checkpoint.pth"))]
+    for ckpt in glob.glob(os.path.join(run, "eval", "training_*", "teacher_checkpoint.pth")):
+        points.append((int(os.path.basename(os.path.dirname(ckpt)).split("_")[-1]) + 1, ckpt))
+    curve = []
+    for iteration, ckpt in sorted(points):
+        path = embed_plates({"fluo": ckpt}, plates_dir, os.path.join(out, f"iter_{iteration}"), progress=False)
+        knn = evaluate(read_profiles(path))
+        curve.append({"iteration": iteration, "knn_mean_accuracy": knn["mean"]["accuracy"]})
+        logger.info("kNN probe, fluo teacher at iteration %d: %.1f %%", iteration, 100 * curve[-1]["knn_mean_accuracy"])
+    return curve
+
+
+def read_health(run: str) -> list[dict]:
+    """The rows of a run's `training_metrics.json` that carry health values, one per computation."""
+    rows, seen = [], set()
+    for line in open(os.path.join(run, "training_metrics.json")):
+        r = json.loads(line)
+        if "health_iteration" in r and r["health_iteration"] not in seen:
+            seen.add(r["health_iteration"])
+            rows.append(r)
+    return rows
 
 
 def random_init_run(trained_run: str, out: str, seed: int) -> str:
@@ -217,8 +272,11 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def report(results: dict, runs: dict[str, str], paths: dict[str, str], out: str, elapsed: dict) -> str:
-    """Step 6: OUT/report/README.md with loss curves, kNN per combination and a 2-D projection (PNG)."""
+def report(
+    results: dict, runs: dict[str, str], paths: dict[str, str], out: str, elapsed: dict, probe: list | None = None
+) -> str:
+    """Step 6: OUT/report/README.md with loss curves, health curves, the kNN probe along training, kNN per
+    combination and a 2-D projection (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,6 +310,47 @@ def report(results: dict, runs: dict[str, str], paths: dict[str, str], out: str,
     fig.tight_layout()
     fig.savefig(os.path.join(rdir, "loss_curves.png"), dpi=110)
     plt.close(fig)
+
+    from dinov2_cell.train.health import collapse_flags
+
+    health = {name: read_health(runs[name]) for name in HEALTH_RUNS}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for i, (name, label) in enumerate(HEALTH_RUNS.items()):
+        rows, color = health[name], f"C{i}"
+        it = [r["health_iteration"] for r in rows]
+        axes[0].plot(it, [r["health_teacher_entropy_frac"] for r in rows], color=color, label=f"{label}: per sample")
+        axes[0].plot(it, [r["health_teacher_batch_entropy_frac"] for r in rows], "--", color=color, label="batch mean")
+        axes[1].plot(it, [r["health_rankme"] for r in rows], color=color, label=label)
+    axes[0].axhline(0.5, color="k", lw=0.5, ls=":")
+    axes[0].set_title("teacher entropy / log K (probe sites)")
+    axes[0].set_ylim(0, 1.02)
+    axes[1].set_title("RankMe of teacher CLS (probe sites)")
+    for ax in axes[:2]:
+        ax.set_xlabel("iteration")
+        ax.legend(fontsize=6, ncol=2)
+    if probe:
+        axes[2].plot([p["iteration"] for p in probe], [100 * p["knn_mean_accuracy"] for p in probe], "o-")
+        axes[2].axhline(100 * next(iter(results.values()))["chance"], color="k", ls=":", label="chance")
+        axes[2].legend(fontsize=7)
+    axes[2].set_title("kNN probe of the fluo LA teacher (fluo-only profiles)")
+    axes[2].set_xlabel("iteration (0 = random init)")
+    axes[2].set_ylabel("kNN mean accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(rdir, "health_curves.png"), dpi=110)
+    plt.close(fig)
+    health_md = [
+        "| run | iteration | teacher entropy / log K | batch-mean / log K | RankMe | flags |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in HEALTH_RUNS.items():
+        for r in [health[name][len(health[name]) // 4], health[name][-1]] if health[name] else []:
+            health_md.append(
+                f"| {label} | {r['health_iteration']:.0f} | {r['health_teacher_entropy_frac']:.2f} | "
+                f"{r['health_teacher_batch_entropy_frac']:.2f} | {r['health_rankme']:.1f} | "
+                f"{'; '.join(collapse_flags(r)) or 'none'} |"
+            )
+    probe_md = ["| iteration | kNN mean accuracy (%) |", "|---|---|"]
+    probe_md += [f"| {p['iteration']} | {100 * p['knn_mean_accuracy']:.1f} |" for p in probe or []]
 
     fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / len(results)
@@ -313,6 +412,20 @@ def report(results: dict, runs: dict[str, str], paths: dict[str, str], out: str,
         "",
         "![training loss](loss_curves.png)",
         "",
+        "## Training health",
+        "",
+        "Teacher collapse diagnostics logged during training (`health_*` keys of each run's `training_metrics.json`,"
+        " computed on a fixed set of training sites): uniform collapse = both entropies near log K, one-prototype "
+        "collapse = both near 0, healthy = per-sample entropy low and batch-mean entropy high; RankMe is the "
+        "effective rank of the teacher's CLS embeddings. Right: kNN probe of the fluorescent local-aggregation "
+        "teacher at checkpoints along its run (fluorescent-only profiles; iteration 0 is the random-init control).",
+        "",
+        *health_md,
+        "",
+        *probe_md,
+        "",
+        "![health curves and kNN probe](health_curves.png)",
+        "",
         "## Well embeddings (SSL with local aggregation, fluorescent + brightfield)",
         "",
         "![t-SNE of well embeddings](embedding_tsne.png)",
@@ -347,15 +460,22 @@ def run_demo(args) -> dict:
     paths = profiles(args, plates_dir, runs, os.path.join(out, "profiles"))
     elapsed["profiles (3 ViT variants + classical)"] = time.time() - t0
     t0 = time.time()
+    probe = checkpoint_probe(
+        args, plates_dir, runs["fluo_la"], runs["fluo_random"], os.path.join(out, "profiles", "checkpoint_probe")
+    )
+    elapsed[f"kNN probe ({len(probe)} fluo checkpoints)"] = time.time() - t0
+    t0 = time.time()
     results = evaluate_all(args, paths, os.path.join(out, "eval"))
     elapsed["kNN + mAP (4 variants)"] = time.time() - t0
     table = format_results(results)
-    path = report(results, runs, paths, out, elapsed)
+    path = report(results, runs, paths, out, elapsed, probe)
     print(table)
     print(f"\nreport: {path}")
     summary = {
         name: {"knn_mean_accuracy": r["knn"]["mean"]["accuracy"], "chance": r["chance"]} for name, r in results.items()
     }
+    summary["checkpoint_probe"] = probe
+    summary["final_health"] = {name: (read_health(runs[name]) or [{}])[-1] for name in HEALTH_RUNS}
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return results
