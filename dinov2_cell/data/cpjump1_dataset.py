@@ -38,7 +38,7 @@ seed               0                   seed of the site sample used for ``plate`
 
 Discovery: if ``root`` (or ``store``) holds ``store.json`` it is read as a prepared store; otherwise ``root`` is walked
 once for LoadData CSVs and Phenix folders and each plate is indexed from its CSV when it has one, else from its folder
-(details in ``index.py``). Each plate gets one source (``sources.py``): the store when it holds the plate, else its
+(details in ``index.py``). Each plate gets one reader (``plate_readers.py``): the store when it holds the plate, else its
 TIFF files. Samples are sorted by plate, well, site.
 
 Samples: ``ds[i]`` returns ``(image_out, target)``. ``image_out`` is the float32 C x H x W tensor in [0, 1] when
@@ -77,7 +77,7 @@ from dinov2_cell.data.intensity import (
 from dinov2_cell.data.loaddata import ILLUM_MODES
 from dinov2_cell.data.names import normalize_well, parse_channel_map, resolve_channels
 from dinov2_cell.data.registry import register_dataset, to_list, to_str_or_list
-from dinov2_cell.data.sources import PlateSource, open_sources
+from dinov2_cell.data.plate_readers import PlateReader, open_plate_readers
 from dinov2_cell.data.store import PlateStore, is_store
 
 logger = logging.getLogger("dinov2_cell.data")
@@ -174,7 +174,7 @@ class CPJUMP1Dataset(Dataset):
         line_plates = None
         if cell_line is not None:
             plate_list, line_plates = _filter_cell_line(plate_list, cell_line)
-        self.sources: list[PlateSource] = open_sources(
+        self.readers: list[PlateReader] = open_plate_readers(
             root=root,
             store=opened,
             plates=plate_list,
@@ -188,7 +188,7 @@ class CPJUMP1Dataset(Dataset):
             sites_per_well=sites_per_well,
             skips=self._skips,
         )
-        if not self.sources:
+        if not self.readers:
             line = "" if cell_line is None else f", cell_line={cell_line}"
             raise DataIndexError(f"no sites to read (root={root}, store={store}, plates={plate_list}{line})")
         self._build_arrays()
@@ -212,12 +212,12 @@ class CPJUMP1Dataset(Dataset):
     # Index
 
     def _build_arrays(self) -> None:
-        # Per-sample arrays: the source (= plate) and the row in it; well groups for the other-site choice. Sources
+        # Per-sample arrays: the reader (= plate) and the row in it; well groups for the other-site choice. Readers
         # are sorted by plate and their sites by well and site, so the table is sorted by plate, well, site.
-        self.plates = [src.plate for src in self.sources]
-        table = pd.concat([src.sites.assign(source=src.kind) for src in self.sources], ignore_index=True)
+        self.plates = [src.plate for src in self.readers]
+        table = pd.concat([src.sites.assign(source=src.kind) for src in self.readers], ignore_index=True)
         self.index = table[idx.SITE_KEYS + ["source"]]
-        sizes = [len(src.sites) for src in self.sources]
+        sizes = [len(src.sites) for src in self.readers]
         self._plate_code = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
         self._row = np.concatenate([np.arange(k, dtype=np.int64) for k in sizes])
         n = len(table)
@@ -267,10 +267,10 @@ class CPJUMP1Dataset(Dataset):
 
     def file_paths(self, index: int) -> list[str]:
         """Image files of sample ``index`` in channel order (empty for store samples)."""
-        return self._source(index).file_paths(int(self._row[index]))
+        return self._reader(index).file_paths(int(self._row[index]))
 
-    def _source(self, index: int) -> PlateSource:
-        return self.sources[int(self._plate_code[index])]
+    def _reader(self, index: int) -> PlateReader:
+        return self.readers[int(self._plate_code[index])]
 
     # ------------------------------------------------------------------------------------------------------------
     # Reading
@@ -306,7 +306,7 @@ class CPJUMP1Dataset(Dataset):
 
     def _with_site(self, index: int, fn):
         try:
-            return fn(self._source(index), int(self._row[index]))
+            return fn(self._reader(index), int(self._row[index]))
         except DataReadError as e:
             plate, well, site = self.site_key(index)
             raise DataReadError(f"sample {index} (plate {plate}, well {well}, site {site}): {e}", e.path) from e
@@ -339,8 +339,8 @@ class CPJUMP1Dataset(Dataset):
         plate = self.plates[int(self._plate_code[index])]
         norm = self.normalizer
         if type(norm) is PercentileNormalizer and norm.stride is None:
-            # percentiles precomputed at prepare time (store sources) save the per-image estimate
-            p = self._source(index).site_percentiles(int(self._row[index]), (norm.low, norm.high))
+            # percentiles precomputed at prepare time (store readers) save the per-image estimate
+            p = self._reader(index).site_percentiles(int(self._row[index]), (norm.low, norm.high))
             if p is not None:
                 return norm.scale(image, p, inplace=True)
         # in place when image is a fresh float32 array (division result); read-only store views are copied

@@ -152,5 +152,5 @@ def test_store_dataset_pickles_to_workers(store):
     ds = CPJUMP1Dataset(root=store, channels="fluo")
     want = [ds.get_image(i) for i in (0, 3)]  # opens the memory maps and fills the illumination cache
     clone = pickle.loads(pickle.dumps(ds))
-    assert all(src.store._mm == {} for src in clone.sources if src.kind == "store")  # reopened lazily
+    assert all(src.store._mm == {} for src in clone.readers if src.kind == "store")  # reopened lazily
     assert all(torch.equal(clone.get_image(i), w) for i, w in zip((0, 3), want))

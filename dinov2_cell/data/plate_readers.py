@@ -1,20 +1,20 @@
-"""Where a plate's images come from, chosen once per plate: TIFF files (LoadData CSV or Phenix scan) or a prepared store.
+"""How a plate's images are read, chosen once per plate: TIFF files (LoadData CSV or Phenix scan) or a prepared store.
 
-Every source is a :class:`PlateSource`: the sites of one plate (``sites``: Metadata_Plate, Metadata_Well,
+Every reader is a :class:`PlateReader`: the sites of one plate (``sites``: Metadata_Plate, Metadata_Well,
 Metadata_Site, sorted by well and site) and, for site ``i`` of that table, ``read_raw(i)`` (uint16 C x H x W, no
 correction), ``illumination(i, shape)`` (float32 C x H x W functions or None), ``read(i)`` (the image the normaliser
 sees: illumination-corrected when functions exist), ``site_percentiles(i, q)`` (precomputed per-channel percentiles
-when the source has them) and ``file_paths(i)``.
+when the reader has them) and ``file_paths(i)``.
 
-* :class:`TiffPlateSource` reads one uint16 TIFF per channel; its files come from a LoadData CSV
+* :class:`TiffPlateReader` reads one uint16 TIFF per channel; its files come from a LoadData CSV
   (``loaddata.py``) or a Phenix folder scan (``phenix.py``): the two indexers give the same site table, so one reader
   serves both (``indexed_from`` says which). Illumination functions named by the CSV are read once and cached in an
-  LRU shared by every TIFF source of a dataset.
-* :class:`StorePlateSource` reads one contiguous slab of a prepared store (``store.py``), with the illumination
+  LRU shared by every reader of a dataset.
+* :class:`StorePlateReader` reads one contiguous slab of a prepared store (``store.py``), with the illumination
   functions and per-site percentiles written at prepare time.
 
-:func:`open_sources` picks the source of every requested plate: a plate complete in the store is read from it, any
-other plate is indexed under ``root`` (its LoadData CSV when it has one, else its Phenix folder).
+:func:`open_plate_readers` picks the reader of every requested plate: a plate complete in the store is read from it,
+any other plate is indexed under ``root`` (its LoadData CSV when it has one, else its Phenix folder).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dinov2_cell.data.store import PlateStore
 ILLUM_CACHE_ENTRIES = 4
 
 
-class PlateSource:
+class PlateReader:
     """The sites of one plate and how to read them (``i`` is a row of :attr:`sites`).
 
     Attributes:
@@ -91,7 +91,7 @@ class PlateSource:
         return apply_illumination(raw, self.illumination(i, raw.shape[1:]))
 
     def site_percentiles(self, i: int, q: Sequence[float]) -> np.ndarray | None:
-        """Per-channel percentiles of :meth:`read` precomputed when the source was prepared.
+        """Per-channel percentiles of :meth:`read` precomputed when the plate was prepared.
 
         Args:
             i: row of :attr:`sites`.
@@ -109,18 +109,18 @@ class PlateSource:
             i: row of :attr:`sites`.
 
         Returns:
-            Paths in channel order (empty when the source does not read files).
+            Paths in channel order (empty when the reader does not read files).
         """
         return []
 
-    def keep_sites(self, mask: np.ndarray) -> PlateSource:
+    def keep_sites(self, mask: np.ndarray) -> PlateReader:
         """Keep only the sites where ``mask`` is True (e.g. a wells filter), in place.
 
         Args:
             mask: boolean array, one value per row of :attr:`sites`.
 
         Returns:
-            This source.
+            This reader.
         """
         self.sites = self.sites[mask].reset_index(drop=True)
         for name in self._per_site:
@@ -129,7 +129,7 @@ class PlateSource:
 
 
 class IllumCache:
-    """LRU of illumination stacks shared by the sources of one dataset (emptied when pickled to a worker)."""
+    """LRU of illumination stacks shared by the readers of one dataset (emptied when pickled to a worker)."""
 
     def __init__(self, entries: int = ILLUM_CACHE_ENTRIES):
         self.entries = int(entries)
@@ -156,7 +156,7 @@ class IllumCache:
         return {"entries": self.entries, "_items": OrderedDict()}
 
 
-class TiffPlateSource(PlateSource):
+class TiffPlateReader(PlateReader):
     """One plate read from uint16 TIFF files, one per channel.
 
     Args:
@@ -164,7 +164,7 @@ class TiffPlateSource(PlateSource):
         sites: this plate's rows of :func:`dinov2_cell.data.index.site_table` (``path_<ch>``, ``illum_<ch>``).
         channels: channel names in output order.
         illum_mode: ``auto`` / ``yes`` / ``no``.
-        cache: illumination cache shared with the dataset's other sources.
+        cache: illumination cache shared with the dataset's other readers.
         indexed_from: ``"csv"`` (LoadData) or ``"scan"`` (Phenix folder), for messages.
     """
 
@@ -239,7 +239,8 @@ class TiffPlateSource(PlateSource):
 
         return self.cache.get(("tiff", self.plate, key), load)
 
-class StorePlateSource(PlateSource):
+
+class StorePlateReader(PlateReader):
     """One plate read from a prepared store.
 
     Args:
@@ -247,7 +248,7 @@ class StorePlateSource(PlateSource):
         plate: barcode (complete in the store).
         channels: channel names in output order (a subset of the store's).
         illum_mode: ``auto`` / ``yes`` / ``no``.
-        cache: illumination cache shared with the dataset's other sources.
+        cache: illumination cache shared with the dataset's other readers.
     """
 
     kind = "store"
@@ -298,7 +299,7 @@ class StorePlateSource(PlateSource):
         return self.store.percentiles(self.plate, int(self._rows[i]), self._channel_pos, q, corrected)
 
 
-def open_sources(
+def open_plate_readers(
     *,
     root: str | os.PathLike | None,
     store: PlateStore | None,
@@ -312,8 +313,8 @@ def open_sources(
     channel_map: Mapping[int, str] | None = None,
     sites_per_well: int | None = None,
     skips: SkipLog | None = None,
-) -> list[PlateSource]:
-    """One source per plate, sorted by barcode: the store's for plates it holds, TIFF files under ``root`` otherwise.
+) -> list[PlateReader]:
+    """One reader per plate, sorted by barcode: the store's for plates it holds, TIFF files under ``root`` otherwise.
 
     Args:
         root: folder with LoadData CSVs and/or Phenix folders (or one CSV); None = store only.
@@ -330,7 +331,7 @@ def open_sources(
         skips: :class:`SkipLog` for skipped items.
 
     Returns:
-        The sources (each with at least one site); empty when nothing was found.
+        The readers (each with at least one site); empty when nothing was found.
 
     Raises:
         DataIndexError: no site left in the requested wells, a plate missing from the store without a ``root``, a channel missing from the
@@ -339,7 +340,7 @@ def open_sources(
     skips = skips if skips is not None else SkipLog("CPJUMP1")
     cache = IllumCache()
     keep_line = None if cell_line_plates is None else set(cell_line_plates)
-    sources: list[PlateSource] = []
+    readers: list[PlateReader] = []
     store_plates: list[str] = []
     if store is not None:
         missing = [c for c in channels if c not in store.channel_names]
@@ -357,7 +358,7 @@ def open_sources(
                 f"plate(s) {lacking} not in store {store.path} "
                 f"(complete plates: {', '.join(store.plates) or 'none'}); run prepare for them or give root="
             )
-        sources.extend(StorePlateSource(store, p, channels, illum, cache) for p in store_plates)
+        readers.extend(StorePlateReader(store, p, channels, illum, cache) for p in store_plates)
     if root is not None:
         tiff_plates = None if plates is None else [p for p in plates if p not in store_plates]
         if tiff_plates is None or tiff_plates:
@@ -379,16 +380,16 @@ def open_sources(
                 origin = long.groupby(PLATE)["origin"].first()
                 for plate, rows in table.groupby(PLATE, sort=True):
                     how = "csv" if str(origin[plate]).lower().endswith((".csv", ".csv.gz")) else "scan"
-                    sources.append(TiffPlateSource(plate, rows, channels, illum, cache, indexed_from=how))
-    if not sources:
+                    readers.append(TiffPlateReader(plate, rows, channels, illum, cache, indexed_from=how))
+    if not readers:
         return []
     if wells is not None:
         kept = []
-        for s in sources:
+        for s in readers:
             mask = s.sites[WELL].isin(list(wells)).to_numpy()
             if mask.any():
                 kept.append(s.keep_sites(mask))
         if not kept:
             raise DataIndexError(f"none of the wells {list(wells)} has sites")
-        sources = kept
-    return sorted(sources, key=lambda s: s.plate)
+        readers = kept
+    return sorted(readers, key=lambda s: s.plate)
