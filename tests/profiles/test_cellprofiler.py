@@ -270,6 +270,8 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
         tiny_plates,
         "--out",
         str(out),
+        "--plates",
+        "BR00116991",
         "--families",
         "intensity,sizeshape",
         "--num-workers",
@@ -281,7 +283,7 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     prof = pd.read_parquet(out / "profiles.parquet")
     assert set(PROFILE_METADATA) <= set(prof.columns)
-    assert sorted(prof["Metadata_Plate"].unique()) == ["BR00116991", "BR00116995"]
+    assert sorted(prof["Metadata_Plate"].unique()) == ["BR00116991"]
     feats = [c for c in prof.columns if not c.startswith("Metadata_")]
     assert feats and np.isfinite(prof[feats].to_numpy()).all()
     assert any("_Intensity_" in c for c in feats) and any("_AreaShape_" in c for c in feats)
@@ -315,3 +317,12 @@ def test_object_counts_match_the_generators_site_truth(tiny_plates):
         true = truth.loc[truth["Metadata_Plate"] == plate, "n_cells"].sum()
         assert abs(found - true) <= 0.15 * true, (plate, found, true)
         np.testing.assert_allclose(table["Image_Count_Cells"] * 2, table["Metadata_Object_Count"].astype(float))
+
+
+def test_correlation_subset(measured):
+    img, masks, full = measured
+    table = measure_objects(img, CHANNELS, masks, MeasureSettings(families=("correlation",), correlations=("pearson",)))
+    assert not table.columns.str.contains("Costes|Manders|RWC").any()
+    np.testing.assert_allclose(table["Cells_Correlation_Pearson_DNA_ER"], full["Cells_Correlation_Pearson_DNA_ER"])
+    with pytest.raises(ValueError, match="correlation"):
+        MeasureSettings(correlations=("kendall",))
