@@ -19,6 +19,7 @@ not checkpointed; a resumed run restarts its stream from the seed (upstream's lo
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Dict, Optional
 
 import torch
@@ -32,6 +33,8 @@ from dinov2_cell.augment.transforms import (
     RandomRotate,
     _gaussian_kernel1d,
 )
+
+logger = logging.getLogger("dinov2")
 
 AUGMENT_DEVICES = ("loader", "model")
 
@@ -450,4 +453,8 @@ def build_device_augmentation(cfg) -> Optional[DeviceCellAugmentation]:
     rank = (
         torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
     )
-    return DeviceCellAugmentation.from_config(aug_cfg, seed=torch.initial_seed(), rank=rank)
+    seed = torch.initial_seed()
+    logger.info(
+        "augmentations.device=model: per-pixel cell augmentations on the training device (seed %d, rank %d)", seed, rank
+    )
+    return DeviceCellAugmentation.from_config(aug_cfg, seed=seed, rank=rank)
