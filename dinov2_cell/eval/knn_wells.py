@@ -44,7 +44,14 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.cli import HelpFormatter, UsageError, comma_list, common_parser, positive_int, run_main, setup_logging
-from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE, PROFILE_METADATA, WELL
+from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE
+from dinov2_cell.eval.inputs import (  # noqa: F401  (part of this API)
+    add_missing_metadata,
+    expand_profile_paths,
+    is_submission,
+    load_table,
+    load_tables,
+)
 from dinov2_cell.eval.normalize import METHODS, normalize_profiles
 from dinov2_cell.eval.outputs import KNN_FILES, format_table, write_outputs  # noqa: F401  (part of this API)
 from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
@@ -299,150 +306,6 @@ def evaluate(
         "folds": folds,
     }
     return {"config": config, "folds": rows, "combinations": combos, "mean": mean, "skipped": skipped}
-
-
-def is_submission(df: pd.DataFrame) -> bool:
-    """Whether a table is a challenge submission (Metadata_broad_sample, _Plate, _Well, feature_0, ...).
-
-    Args:
-        df: a table.
-
-    Returns:
-        True for the organisers' layout.
-    """
-    from dinov2_cell.profiles.submission import FEATURE_PREFIX, KEY_COLUMNS
-
-    cols = [str(c) for c in df.columns]
-    return cols[:3] == list(KEY_COLUMNS) and len(cols) > 3 and cols[3] == f"{FEATURE_PREFIX}0"
-
-
-PROFILE_EXTENSIONS = (".parquet", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
-
-
-def expand_profile_paths(paths: Sequence[str]) -> list[str]:
-    """Profile files named by ``paths``: files as given, folders replaced by their profile files (sorted).
-
-    Args:
-        paths: files and/or folders (e.g. CPJUMP1's ``<plate>_normalized_feature_select_negcon_batch.csv.gz``).
-
-    Returns:
-        The files.
-
-    Raises:
-        FileNotFoundError: a path does not exist, or a folder holds no profile file.
-    """
-    out = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(
-                os.path.join(path, f)
-                for f in os.listdir(path)
-                if f.lower().endswith(PROFILE_EXTENSIONS) and not f.startswith(".")
-            )
-            if not found:
-                raise FileNotFoundError(f"{path}: no profile file ({', '.join(PROFILE_EXTENSIONS)}) in this folder")
-            out += found
-        elif os.path.isfile(path):
-            out.append(path)
-        else:
-            raise FileNotFoundError(f"no such profiles file or folder: {path}")
-    return out
-
-
-def add_missing_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Join the packaged CPJUMP1 well metadata for the profile Metadata columns the table lacks (e.g. the cell line
-    of CPJUMP1's published profiles).
-
-    Args:
-        df: a profile table with Metadata_Plate and Metadata_Well.
-        source: name of the table in error messages.
-
-    Returns:
-        The table (unchanged when nothing is missing), the joined columns placed after its own Metadata columns.
-
-    Raises:
-        ValueError: a plate or well the packaged metadata does not cover (named).
-    """
-    missing = [c for c in PROFILE_METADATA if c not in df.columns]
-    if not missing or PLATE not in df.columns or WELL not in df.columns:
-        return df
-    from dinov2_cell.data.metadata import well_metadata
-
-    plates = sorted(df[PLATE].astype(str).unique())
-    try:
-        meta = well_metadata(plates)[[PLATE, WELL] + missing]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{source}: lacks {missing} and the packaged CPJUMP1 metadata cannot supply them ({e})")
-    keys = df[[PLATE, WELL]].astype(str)
-    joined = keys.merge(meta, on=[PLATE, WELL], how="left", validate="many_to_one", indicator=True)
-    lost = (joined["_merge"] != "both").to_numpy()
-    if lost.any():
-        r = joined[lost].iloc[0]
-        raise ValueError(f"{source}: well {r[PLATE]} {r[WELL]} is not in the packaged CPJUMP1 plate map")
-    logger.info("%s: %s joined from the packaged CPJUMP1 metadata", source, ", ".join(missing))
-    own_meta = [c for c in df.columns if str(c).startswith("Metadata_")]
-    others = [c for c in df.columns if c not in own_meta]
-    added = joined[missing].set_axis(df.index)
-    return pd.concat([df[own_meta], added, df[others]], axis=1)
-
-
-def load_tables(paths: Sequence[str] | str) -> pd.DataFrame:
-    """Read one or several profile tables (files or folders, e.g. CPJUMP1's per-plate published profiles).
-
-    Each file is read by :func:`load_table`; Metadata columns the profiles need but a file lacks are joined from the
-    packaged CPJUMP1 metadata (:func:`add_missing_metadata`). Several files are stacked on their common columns
-    (features present in only some files are dropped, with a log line).
-
-    Args:
-        paths: a path or a list of paths (files and/or folders).
-
-    Returns:
-        The table.
-    """
-    files = expand_profile_paths([paths] if isinstance(paths, str) else list(paths))
-    frames = [add_missing_metadata(load_table(f), f) for f in files]
-    if len(frames) == 1:
-        return frames[0]
-    common = [c for c in frames[0].columns if all(c in f.columns for f in frames[1:])]
-    n_all = len(set().union(*(f.columns for f in frames)))
-    if len(common) < n_all:
-        logger.warning(
-            "%d files: %d columns are not in every file; kept the %d common ones",
-            len(files),
-            n_all - len(common),
-            len(common),
-        )
-    return pd.concat([f[common] for f in frames], ignore_index=True)
-
-
-def load_table(path: str) -> pd.DataFrame:
-    """Read a profile table; a submission file gets the packaged CPJUMP1 well metadata (cell line, compound, target).
-
-    Args:
-        path: profiles (.parquet, .csv, .csv.gz) or a submission CSV.
-
-    Returns:
-        The table.
-
-    Raises:
-        ValueError: a submission well that is not a compound well of the packaged plate map (named).
-    """
-    df = read_profiles(path)
-    if not is_submission(df):
-        return df
-    from dinov2_cell.data.metadata import well_metadata
-
-    plates = sorted(df[PLATE].astype(str).unique())
-    meta = well_metadata(plates).drop(columns=[BROAD])
-    joined = df.merge(meta, on=[PLATE, WELL], how="left", validate="many_to_one", indicator=True)
-    lost = joined["_merge"] != "both"
-    if lost.any():
-        r = joined[lost].iloc[0]
-        raise ValueError(f"{path}: well {r[PLATE]} {r[WELL]} is not in the packaged plate map")
-    joined = joined.drop(columns="_merge")
-    meta_cols = [c for c in joined.columns if str(c).startswith("Metadata_")]
-    logger.info("%s: challenge submission; cell lines and annotations from the packaged CPJUMP1 metadata", path)
-    return joined[meta_cols + [c for c in joined.columns if c not in meta_cols]]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ MODULES = [
     "dinov2_cell.eval.knn_wells",
     "dinov2_cell.eval.map",
     "dinov2_cell.eval.outputs",
+    "dinov2_cell.eval.inputs",
     "dinov2_cell.profiles.io",
     "dinov2_cell.profiles.merge",
     "dinov2_cell.profiles.align",
