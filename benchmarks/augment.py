@@ -13,6 +13,13 @@ one collated batch on --device (the CPU here; on a GPU node run it with --device
 
     .venv/bin/python benchmarks/augment.py [--samples 30]
     .venv/bin/python benchmarks/augment.py --samples 10 --device cuda --batch 32   # device side on a GPU
+
+`--elastic-frames`: what `augmentations.elastic_frame` changes at paper settings (no timing): per crop type and
+frame, the elastic field's displacement std in crop and in site pixels, its correlation length (sigma) in site
+pixels, the mean strain |grad d| (the per-cell shape change) and the share of output pixels read from outside the
+crop (mirrored content at the reflected border), over crops drawn with the paper's crop sampler.
+
+    .venv/bin/python benchmarks/augment.py --elastic-frames [--samples 200]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import math
 import time
 
 import numpy as np
@@ -161,6 +169,46 @@ def _device_modes(crops, sizes, sites, samples: int, batch: int, device: str) ->
     )
 
 
+def _elastic_frames(crops, sizes, site: int, samples: int) -> None:
+    from dinov2_cell.augment.transforms import ElasticDeform, RandomResizedCrop, SiteField, _base_grid
+
+    torch.manual_seed(0)
+    img = torch.empty(1, site, site)
+    print(f"elastic fields at paper settings (alpha 1200, sigma 40, {site} px site), {samples} crops per row")
+    print("  crop         frame  std in crop: crop px  site px  sigma site px  mean |grad d|  read outside crop")
+    for kind, size, scale in (
+        ("global", sizes["global_crops_size"], crops["global_crops_scale"]),
+        ("local", sizes["local_crops_size"], crops["local_crops_scale"]),
+    ):
+        sampler = RandomResizedCrop(size, scale)
+        grid = _base_grid(size, size).view(1, size, size, 2)
+        for frame in ("crop", "site"):
+            el = ElasticDeform(1200.0, 40.0, 1.0, frame)
+            std_c, std_s, sig_s, strain, outside = [], [], [], [], []
+            for _ in range(samples):
+                _, _, h, w = sampler.sample_params(img)
+                k = size / math.sqrt(h * w)
+                f = el.sample_params(size, size, box_hw=(h, w))
+                if isinstance(f, SiteField):
+                    d = f.displacement(grid)[0] * (size / 2.0)  # H x W x 2, crop pixels
+                    sig_s.append(40.0)
+                else:
+                    d = f.permute(1, 2, 0)
+                    sig_s.append(40.0 / k)
+                std_c.append(float(d.std()))
+                std_s.append(float(d.std()) / k)
+                gx = d[:, 1:] - d[:, :-1]
+                gy = d[1:] - d[:-1]
+                strain.append(0.5 * float(gx.abs().mean() + gy.abs().mean()))
+                x = (torch.arange(size) + 0.5).view(1, size) + d[..., 0]
+                y = (torch.arange(size) + 0.5).view(size, 1) + d[..., 1]
+                outside.append(float(((x < 0) | (x > size) | (y < 0) | (y > size)).float().mean()))
+            print(
+                f"  {kind} {size:4d} px  {frame:5s}  {np.mean(std_c):20.2f}  {np.mean(std_s):7.2f}  "
+                f"{np.mean(sig_s):13.1f}  {np.mean(strain):13.3f}  {100 * np.mean(outside):16.1f} %"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=30)
@@ -170,6 +218,7 @@ def main() -> None:
     parser.add_argument(
         "--only-device-modes", action="store_true", help="skip the upstream comparison, run only the second part"
     )
+    parser.add_argument("--elastic-frames", action="store_true", help="only the elastic_frame comparison (no timing)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -181,6 +230,9 @@ def main() -> None:
     crops = dict(global_crops_scale=(0.32, 1.0), local_crops_scale=(0.05, 0.32), local_crops_number=8)
     sizes = dict(global_crops_size=518, local_crops_size=98)
 
+    if args.elastic_frames:
+        _elastic_frames(crops, sizes, args.size, args.samples)
+        return
     site_a, site_b = _cell_like(5, args.size, 1), _cell_like(5, args.size, 2)
     if args.only_device_modes:
         _device_modes(crops, sizes, (site_a, site_b), args.samples, args.batch, args.device)

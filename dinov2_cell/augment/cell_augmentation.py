@@ -16,7 +16,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from dinov2_cell.augment.device import check_device_mode, cheap_resize
+from dinov2_cell.augment.device import SITE_HW_SUFFIX, check_device_mode, cheap_resize
 from dinov2_cell.augment.transforms import (
     ChannelJitter,
     ElasticDeform,
@@ -24,6 +24,7 @@ from dinov2_cell.augment.transforms import (
     RandomFlip,
     RandomResizedCrop,
     RandomRotate,
+    SiteField,
     apply_dihedral,
     check_image,
     dihedral_matrix,
@@ -51,8 +52,10 @@ class CellDataAugmentation:
         noise_dark: sigma_dark offset.
         noise_read: sigma_read, Gaussian read-noise std.
         elastic_p: probability of the elastic deformation.
-        elastic_alpha: alpha, displacement scale in pixels of the crop.
-        elastic_sigma: sigma, smoothness of the displacement in pixels of the crop.
+        elastic_alpha: alpha, displacement scale in pixels (of the site or of the crop, see elastic_frame).
+        elastic_sigma: sigma, smoothness of the displacement in pixels (of the site or of the crop).
+        elastic_frame: "site" (the field is defined in site pixels and read at each crop's pixels, so every crop
+            shows the specimen deformed alike) or "crop" (alpha and sigma in each crop's own pixels).
         rotation: "none", "right_angles" or "any".
         hflip_p: probability of a horizontal flip.
         vflip_p: probability of a vertical flip.
@@ -62,7 +65,8 @@ class CellDataAugmentation:
     Call: `aug(image)` or `aug(image, other_site=other_image)` with float C x H x W tensors in [0, 1]; returns
     upstream's dict (`global_crops`, `global_crops_teacher`, `local_crops`, `offsets`) plus `other_site_crops`
     (one global-size view of `other_site`, or an empty list). All crops C x S x S in [0, 1], float32 (float16 in
-    `model` mode).
+    `model` mode, where `global_crops_site_hw`, `local_crops_site_hw` and `other_site_crops_site_hw` also list each
+    crop's box (height, width) in site pixels).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class CellDataAugmentation:
         elastic_p: float = 0.5,
         elastic_alpha: float = 1200.0,
         elastic_sigma: float = 40.0,
+        elastic_frame: str = "site",
         rotation: str = "right_angles",
         hflip_p: float = 0.5,
         vflip_p: float = 0.5,
@@ -102,14 +107,14 @@ class CellDataAugmentation:
         self.local_crop = RandomResizedCrop(self.local_crops_size, self.local_crops_scale)
         self.flip = RandomFlip(hflip_p, vflip_p)
         self.rotate = RandomRotate(rotation)
-        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p)
+        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p, elastic_frame)
         self.jitter = ChannelJitter(brightness, contrast, jitter_p)
         self.noise = MicroscopeNoise(noise_shot, noise_dark, noise_read, noise_p)
         self.device = check_device_mode(device)
 
         logger.info(
             "CellDataAugmentation: global %s px scale %s, %d local %s px scale %s, other-site view %s, jitter "
-            "(b=%s, c=%s, p=%s), noise (shot=%s, dark=%s, read=%s, p=%s), elastic (alpha=%s, sigma=%s, p=%s), "
+            "(b=%s, c=%s, p=%s), noise (shot=%s, dark=%s, read=%s, p=%s), elastic (alpha=%s, sigma=%s, p=%s, %s frame), "
             "rotation %s, flips (h=%s, v=%s), per-pixel augmentations on the %s",
             self.global_crops_size,
             self.global_crops_scale,
@@ -127,6 +132,7 @@ class CellDataAugmentation:
             elastic_alpha,
             elastic_sigma,
             elastic_p,
+            elastic_frame,
             rotation,
             hflip_p,
             vflip_p,
@@ -137,9 +143,10 @@ class CellDataAugmentation:
         """One view: crop, then the cell augmentations, each with its own random draw.
 
         Order: crop -> elastic deformation -> flips -> rotation -> jitter -> noise. Elastic, flips and rotation are
-        folded into one bilinear resampling when elastic or an arbitrary-angle rotation applies (the field is drawn
-        in the output frame; it is isotropic, so this has the same law as deforming first); otherwise flips and
-        right-angle rotations are one exact copy.
+        folded into one bilinear resampling when elastic or an arbitrary-angle rotation applies (a site-frame field
+        is read at the rotated positions, i.e. deformation first exactly; a crop-frame field is drawn in the output
+        frame, which has the same law since it is isotropic); otherwise flips and right-angle rotations are one exact
+        copy.
 
         Args:
             img: validated C x H x W float32 image in [0, 1].
@@ -147,15 +154,17 @@ class CellDataAugmentation:
             name: how error messages call the image ("image" or "other_site").
 
         Returns:
-            A contiguous C x S x S tensor in [0, 1], float32 (float16 in `model` mode).
+            A contiguous C x S x S tensor in [0, 1], float32; in `model` mode a float16 crop and the (height, width)
+            of its box in site pixels (what the device needs for site-frame elastic fields).
         """
+        box = crop.sample_params(img)
+        top, left, h, w = box
         if self.device == "model":
-            top, left, h, w = crop.sample_params(img)
             x = cheap_resize(img[None, :, top : top + h, left : left + w], crop.size)[0].contiguous()
             # float16 is what upstream's collate casts the crops to anyway; casting here makes the worker's collate
             # stack half the bytes (the device augments in float32, after checking the crops' values).
-            return x.half()
-        x = crop(img)
+            return x.half(), torch.tensor([h, w], dtype=torch.float32)
+        x = crop.apply(img, box)
         if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             x = x.clone()  # the steps below write in place
         hflip, vflip = self.flip.sample_params()
@@ -164,11 +173,13 @@ class CellDataAugmentation:
         if self.rotate.mode == "right_angles":
             turns, angle = int(angle // 90), 0.0
         dihedral = dihedral_matrix(hflip, vflip, turns)
-        field = self.elastic.sample_params(x.shape[1], x.shape[2])
+        field = self.elastic.sample_params(x.shape[1], x.shape[2], box_hw=(h, w))
         if field is None and not angle:
             x = apply_dihedral(x, dihedral)
             if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
                 x = x.clone()
+        elif isinstance(field, SiteField):
+            x = warp(x, None, angle, dihedral, site_field=field)
         else:
             x = warp(x, field, angle, dihedral)
         x = self.jitter.apply(x, self.jitter.sample_params(x.shape[0]), inplace=True)
@@ -202,10 +213,19 @@ class CellDataAugmentation:
                     "sites of the same well, read with the same channels"
                 )
             other_site_crops.append(self.augment_crop(other_site, self.global_crop, "other_site"))
-        return {
-            "global_crops": global_crops,
-            "global_crops_teacher": global_crops,
-            "local_crops": local_crops,
-            "offsets": (),
-            "other_site_crops": other_site_crops,
-        }
+        out = {}
+        if self.device == "model":
+            # Crop boxes in site pixels, collated beside the crops (SITE_HW_SUFFIX) for site-frame elastic fields.
+            for key, views in (("global_crops", global_crops), ("local_crops", local_crops)):
+                out[key + SITE_HW_SUFFIX] = [hw for _, hw in views]
+            out["other_site_crops" + SITE_HW_SUFFIX] = [hw for _, hw in other_site_crops]
+            global_crops, local_crops = [v for v, _ in global_crops], [v for v, _ in local_crops]
+            other_site_crops = [v for v, _ in other_site_crops]
+        out.update(
+            global_crops=global_crops,
+            global_crops_teacher=global_crops,
+            local_crops=local_crops,
+            offsets=(),
+            other_site_crops=other_site_crops,
+        )
+        return out

@@ -7,6 +7,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from dinov2.data.collate import collate_data_and_cast
 
+from dinov2_cell.augment.device import SITE_HW_SUFFIX
+
 
 def collate_cell_data_and_cast(
     samples_list: Sequence[Tuple[dict, object]],
@@ -32,7 +34,8 @@ def collate_cell_data_and_cast(
     Returns:
         Upstream's dict, plus `collated_other_site_crops` ((n * B) x C x G x G in `dtype`, view i of every sample
         before view i + 1, as upstream orders global crops; n = 1 gives B x C x G x G) when every sample has
-        non-empty `other_site_crops`.
+        non-empty `other_site_crops`; and `collated_<key>_site_hw` ((views * B) x 2, float32) for each crop key
+        whose samples carry `<key>_site_hw` (the crops' boxes in site pixels, `augmentations.device: model`).
 
     Raises:
         ValueError: some samples have other-site views and others do not, or their numbers differ.
@@ -56,4 +59,12 @@ def collate_cell_data_and_cast(
         out["collated_other_site_crops"] = torch.stack(
             [s[0]["other_site_crops"][i] for i in range(n_other) for s in samples_list]
         ).to(dtype)
+    # Crop boxes (model mode), in the collated crops' order: view i of every sample before view i + 1.
+    for key in ("global_crops", "local_crops", "other_site_crops"):
+        hw_key = key + SITE_HW_SUFFIX
+        if samples_list and hw_key in samples_list[0][0] and len(samples_list[0][0][hw_key]):
+            n_views = len(samples_list[0][0][hw_key])
+            out["collated_" + hw_key] = torch.stack(
+                [s[0][hw_key][i] for i in range(n_views) for s in samples_list]
+            ).float()
     return out

@@ -31,7 +31,9 @@ from dinov2_cell.augment.transforms import (
     MicroscopeNoise,
     RandomFlip,
     RandomRotate,
+    SiteField,
     _gaussian_kernel1d,
+    site_elastic_field,
 )
 
 logger = logging.getLogger("dinov2")
@@ -40,6 +42,8 @@ AUGMENT_DEVICES = ("loader", "model")
 
 # The collated crop tensors the device augmentation processes (upstream's two plus the other-site views).
 CROP_KEYS = ("collated_global_crops", "collated_local_crops", "collated_other_site_crops")
+# Suffix of the per-crop box sizes (height, width in site pixels) that model mode sends beside the crops.
+SITE_HW_SUFFIX = "_site_hw"
 
 
 def check_device_mode(device: str) -> str:
@@ -141,13 +145,19 @@ def _base_grid(height: int, width: int, device: torch.device) -> torch.Tensor:
     return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)
 
 
-def warp_batch(x: torch.Tensor, matrices: torch.Tensor, displacement: Optional[torch.Tensor] = None) -> torch.Tensor:
+def warp_batch(
+    x: torch.Tensor,
+    matrices: torch.Tensor,
+    displacement: Optional[torch.Tensor] = None,
+    site_field: Optional[SiteField] = None,
+) -> torch.Tensor:
     """Batched `transforms.warp`: output pixel p of crop i reads crop i at c + M_i (p - c) + d_i(p), bilinear.
 
     Args:
         x: N x C x H x W float tensor.
         matrices: N x 2 x 2 read matrices (dihedral read matrix times rotation), in pixel coordinates.
         displacement: optional N x 2 x H x W fields (dx, dy) in pixels.
+        site_field: optional site-frame fields of the N crops, read at c + M_i (p - c) (deformation first, exactly).
 
     Returns:
         A new N x C x H x W tensor; positions outside a crop reflect at its border.
@@ -158,6 +168,8 @@ def warp_batch(x: torch.Tensor, matrices: torch.Tensor, displacement: Optional[t
     grid = torch.einsum("pk,njk->npj", _base_grid(h, w, x.device), m_norm).view(n, h, w, 2)
     if displacement is not None:
         grid = grid + displacement.permute(0, 2, 3, 1) * s.float()
+    if site_field is not None:
+        grid = grid + site_field.displacement(grid)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -284,7 +296,7 @@ class DeviceCellAugmentation:
         seed: the run's seed (with `rank`, seeds the generator).
         rank: the process's global rank.
         brightness, contrast, jitter_p, noise_p, noise_shot, noise_dark, noise_read, elastic_p, elastic_alpha,
-            elastic_sigma, rotation, hflip_p, vflip_p: as in `CellDataAugmentation` (the `augmentations.*` keys);
+            elastic_sigma, elastic_frame, rotation, hflip_p, vflip_p: as in `CellDataAugmentation` (the `augmentations.*` keys);
             validated by the same per-sample classes, so bad values fail with the same messages.
     """
 
@@ -303,13 +315,14 @@ class DeviceCellAugmentation:
         elastic_p: float = 0.5,
         elastic_alpha: float = 1200.0,
         elastic_sigma: float = 40.0,
+        elastic_frame: str = "site",
         rotation: str = "right_angles",
         hflip_p: float = 0.5,
         vflip_p: float = 0.5,
     ):
         self.flip = RandomFlip(hflip_p, vflip_p)
         self.rotate = RandomRotate(rotation)
-        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p)
+        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p, elastic_frame)
         self.jitter = ChannelJitter(brightness, contrast, jitter_p)
         self.noise = MicroscopeNoise(noise_shot, noise_dark, noise_read, noise_p)
         self.seed, self.rank = int(seed), int(rank)
@@ -335,21 +348,28 @@ class DeviceCellAugmentation:
             self.generator.manual_seed(mix_seed(self.seed, self.rank))
         return self.generator
 
-    def __call__(self, x: torch.Tensor, name: str = "crops") -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, name: str = "crops", site_hw: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Check a batch of crops and augment it, each crop with its own parameters.
 
         Args:
             x: N x C x S x S crops in [0, 1] (any float dtype; computed in float32).
             name: how error messages call the batch.
+            site_hw: N x 2 (height, width) of the crops' boxes in site pixels; needed by site-frame elastic fields
+                (None: each crop is taken as a whole site at site resolution).
 
         Returns:
             A new N x C x S x S float32 tensor in [0, 1].
 
         Raises:
-            ValueError: not N x C x S x S, or bad values (see `check_crops`).
+            ValueError: not N x C x S x S, site_hw not N x 2, or bad values (see `check_crops`).
         """
         if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"DeviceCellAugmentation: expected N x C x S x S crops, got shape {tuple(x.shape)}")
+        if site_hw is not None and tuple(site_hw.shape) != (x.shape[0], 2):
+            raise ValueError(
+                f"DeviceCellAugmentation: {name}{SITE_HW_SUFFIX} must be N x 2 for N = {x.shape[0]} crops, got shape "
+                f"{tuple(site_hw.shape)}"
+            )
         x = x.float()
         n, c, h, w = x.shape
         if n == 0:
@@ -373,15 +393,21 @@ class DeviceCellAugmentation:
         idx = warped.nonzero().flatten()
         if idx.numel():
             mats = self._read_matrices(hflip[idx], vflip[idx], turns[idx], angle[idx])
-            field = None
+            field, site_field = None, None
             e = elastic[idx]
-            if bool(e.any()):
+            if bool(e.any()) and self.elastic.frame == "site":
+                # One site-frame field per warped crop (fields of crops that only rotate are zeroed): a single
+                # batched draw whatever the crops' sizes.
+                hw = site_hw.to(dev).float()[idx] if site_hw is not None else torch.tensor([[h, w]] * idx.numel())
+                site_field = site_elastic_field(hw, self.elastic.alpha, self.elastic.sigma, generator=g, device=dev)
+                site_field.coarse.mul_(e.view(-1, 1, 1, 1).to(site_field.coarse.dtype))
+            elif bool(e.any()):
                 field = torch.zeros(idx.numel(), 2, h, w, device=dev)
                 ei = e.nonzero().flatten()
                 field[ei] = elastic_displacement_batch(
                     ei.numel(), h, w, self.elastic.alpha, self.elastic.sigma, generator=g, device=dev
                 )
-            x.index_copy_(0, idx, warp_batch(x.index_select(0, idx), mats, field))
+            x.index_copy_(0, idx, warp_batch(x.index_select(0, idx), mats, field, site_field))
 
         # Channel jitter, then microscope noise, on the crops whose coin says so.
         v = torch.rand(n, 2, generator=g, device=dev)
@@ -427,7 +453,13 @@ class DeviceCellAugmentation:
         for key in CROP_KEYS:
             crops = images.get(key)
             if isinstance(crops, torch.Tensor) and crops.numel():
-                out[key] = self(crops.to(device, non_blocking=True), key).to(crops.dtype)
+                site_hw = images.get(key + SITE_HW_SUFFIX)
+                if site_hw is None and self.elastic.frame == "site" and self.elastic.p > 0 and self.elastic.alpha > 0:
+                    raise ValueError(
+                        f"augmentations.elastic_frame=site needs {key}{SITE_HW_SUFFIX} (the crops' boxes in site "
+                        "pixels) in the batch: collate with dinov2_cell.augment.collate.collate_cell_data_and_cast"
+                    )
+                out[key] = self(crops.to(device, non_blocking=True), key, site_hw).to(crops.dtype)
         return out
 
 

@@ -19,7 +19,11 @@ Reading of the paper where it is ambiguous:
   shortcut, and torchvision's ColorJitter (upstream) clamps too. The paper's formula has no clip between brightness
   and contrast, so we clip once, after contrast.
 - Elastic parameters are in pixels of the crop being deformed (518 px global crops, 98 px local crops at paper
-  settings), and out-of-image samples reflect at the border so intensities stay within the input's range.
+  settings) with `frame="crop"`, or in pixels of the site with `frame="site"` (`augmentations.elastic_frame`): the
+  field is then defined on the site and read at the crop's pixels, so a crop covering h x w site pixels resized to
+  n x n gets alpha * k^2 and sigma * k in its own pixels, k = n / h (n / w along x), i.e. the same deformation of the
+  specimen whichever crop shows it. Out-of-image samples reflect at the border so intensities stay within the
+  input's range.
 - No centring/normalisation: inputs are already in [0, 1]; outputs stay in [0, 1].
 """
 
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop as _TVRandomResizedCrop
 
 ROTATION_MODES = ("none", "right_angles", "any")
+ELASTIC_FRAMES = ("crop", "site")
 
 
 def _check_prob(name: str, p: float) -> float:
@@ -544,6 +549,7 @@ def warp(
     displacement: Optional[torch.Tensor] = None,
     angle: float = 0.0,
     dihedral: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None,
+    site_field: Optional["SiteField"] = None,
 ) -> torch.Tensor:
     """Resample every channel bilinearly at displaced, rotated (and flipped) positions, in one pass.
 
@@ -557,6 +563,8 @@ def warp(
         displacement: optional 2 x H x W field (dx, dy) in pixels (see elastic_displacement).
         angle: rotation in degrees, counter-clockwise.
         dihedral: optional read matrix from dihedral_matrix (square images).
+        site_field: optional site-frame elastic field (see SiteField), evaluated at the rotated read positions, i.e.
+            the crop is deformed in the site's frame first, then flipped and rotated (exactly, not only in law).
 
     Returns:
         A new C x H x W tensor.
@@ -574,8 +582,90 @@ def warp(
     grid = (_base_grid(h, w) @ m_norm.T).view(h, w, 2)
     if displacement is not None:
         grid.addcmul_(displacement.permute(1, 2, 0), s.float())
+    if site_field is not None:
+        grid = grid + site_field.displacement(grid[None])[0]
     out = F.grid_sample(img[None], grid[None], mode="bilinear", padding_mode="reflection", align_corners=False)
     return out[0]
+
+
+@dataclass
+class SiteField:
+    """Elastic displacement fields defined in site pixels for a batch of crops, read at any crop position.
+
+    Node (i, j) of `coarse` (N x 2 x nh x nw, values in site pixels) sits at site offset ((j - margin) * stride,
+    (i - margin) * stride) from the top-left corner of its crop's box; `box_hw` (N x 2, site pixels) is the box each
+    crop was cut from. A crop resized to n x n reads the field at its pixels' site positions, bilinearly, and
+    converts the displacement to its own pixels (x n / w, y n / h): the deformation of the specimen does not depend
+    on how large the crop is or how much it was resized. Built by `site_elastic_field`.
+    """
+
+    coarse: torch.Tensor
+    stride: int
+    margin: int
+    box_hw: torch.Tensor
+
+    def displacement(self, grid: torch.Tensor) -> torch.Tensor:
+        """The fields at read positions, in grid_sample's normalised crop coordinates.
+
+        Args:
+            grid: N x H x W x 2 read positions (x, y) of each crop in [-1, 1] (align_corners=False convention);
+                positions outside (arbitrary-angle rotations) read the field on the margin.
+
+        Returns:
+            N x H x W x 2 displacements (dx, dy) to add to `grid`.
+        """
+        n = grid.shape[0]
+        hw = self.box_hw.to(device=grid.device, dtype=torch.float32).view(n, 1, 1, 2)
+        w_site, h_site = hw[..., 1], hw[..., 0]
+        nh, nw = self.coarse.shape[-2:]
+        # Site offset from the box corner -> coarse node coordinate -> align_corners=True normalised coordinate.
+        cx = ((grid[..., 0] + 1) * 0.5 * w_site / self.stride + self.margin) * (2.0 / (nw - 1)) - 1
+        cy = ((grid[..., 1] + 1) * 0.5 * h_site / self.stride + self.margin) * (2.0 / (nh - 1)) - 1
+        d = F.grid_sample(
+            self.coarse, torch.stack([cx, cy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True
+        )
+        return torch.stack([d[:, 0] * (2.0 / w_site), d[:, 1] * (2.0 / h_site)], dim=-1)
+
+
+def site_elastic_field(
+    box_hw: torch.Tensor,
+    alpha: float,
+    sigma: float,
+    generator: Optional[torch.Generator] = None,
+    device: Optional[torch.device] = None,
+    min_coarse_sigma: float = 6.0,
+) -> SiteField:
+    """Independent elastic fields alpha * (G_sigma * N(0, 1)) in site pixels over the boxes of N crops.
+
+    Same construction as `elastic_displacement` (noise on a grid of stride floor(sigma / min_coarse_sigma) site
+    pixels, Gaussian of sigma / stride coarse pixels, scaled by alpha / stride, bilinear interpolation), hence the
+    same statistics in site pixels: std alpha / (2 sigma sqrt(pi)), autocorrelation exp(-r^2 / (4 sigma^2)). The grid
+    covers each box plus a margin of 21 % of its longer side (what a rotation by any angle reads beyond the box).
+
+    Args:
+        box_hw: N x 2 (height, width) of the crops' boxes in site pixels.
+        alpha: elasticity coefficient (site pixels).
+        sigma: smoothness in site pixels (> 0).
+        generator: random generator (None: torch's global RNG).
+        device: device of the fields.
+        min_coarse_sigma: smallest smoothing std, in coarse pixels, allowed by the choice of stride.
+
+    Returns:
+        A SiteField.
+    """
+    box_hw = torch.as_tensor(box_hw, dtype=torch.float32).reshape(-1, 2)
+    n = box_hw.shape[0]
+    s = max(1, int(sigma // min_coarse_sigma))
+    kern = _gaussian_kernel1d(sigma / s).to(device)
+    rad = (kern.numel() - 1) // 2
+    h_max, w_max = float(box_hw[:, 0].max()), float(box_hw[:, 1].max())
+    margin = int(math.ceil(0.21 * max(h_max, w_max) / s))
+    nh = int(math.ceil(h_max / s)) + 1 + 2 * margin
+    nw = int(math.ceil(w_max / s)) + 1 + 2 * margin
+    noise = torch.randn(2 * n, 1, nh + 2 * rad, nw + 2 * rad, generator=generator, device=device)
+    field = F.conv2d(noise, kern.view(1, 1, 1, -1))
+    field = F.conv2d(field, kern.view(1, 1, -1, 1)).mul_(alpha / s)
+    return SiteField(field.view(n, 2, nh, nw), s, margin, box_hw.to(device))
 
 
 class ElasticDeform:
@@ -585,28 +675,47 @@ class ElasticDeform:
         alpha: elasticity coefficient in pixels (alpha = 0: identity).
         sigma: smoothness of the displacement field in pixels.
         p: probability of deforming a crop.
+        frame: "crop" (alpha, sigma in pixels of the image deformed) or "site" (in pixels of the site the crop was
+            cut from; see SiteField).
     """
 
-    def __init__(self, alpha: float = 1200.0, sigma: float = 40.0, p: float = 0.5):
+    def __init__(self, alpha: float = 1200.0, sigma: float = 40.0, p: float = 0.5, frame: str = "site"):
         self.alpha = _check_nonneg("elastic_alpha", alpha)
         self.sigma = _check_nonneg("elastic_sigma", sigma)
         if self.sigma == 0:
             raise ValueError("augmentations.elastic_sigma must be > 0 (pixels)")
         self.p = _check_prob("elastic_p", p)
+        if frame not in ELASTIC_FRAMES:
+            raise ValueError(f"augmentations.elastic_frame must be one of {ELASTIC_FRAMES}, got {frame!r}")
+        self.frame = frame
 
     def field_std(self) -> float:
         """Per-pixel std of each displacement component: alpha / (2 sigma sqrt(pi))."""
         return self.alpha / (2 * self.sigma * math.sqrt(math.pi))
 
-    def sample_params(self, height: int, width: int) -> Optional[torch.Tensor]:
-        """Draw the 2 x H x W displacement field, or None when the crop is not deformed (or alpha = 0)."""
+    def sample_params(self, height: int, width: int, box_hw: Optional[Tuple[float, float]] = None):
+        """Draw the field, or None when the crop is not deformed (or alpha = 0).
+
+        Args:
+            height: H of the crop in its pixels.
+            width: W of the crop in its pixels.
+            box_hw: (height, width) of the box the crop was cut from, in site pixels (frame "site"; None: the crop
+                is the whole site at site resolution).
+
+        Returns:
+            None, a 2 x H x W displacement in crop pixels (frame "crop"), or a SiteField (frame "site").
+        """
         if not _coin(self.p) or self.alpha == 0:
             return None
+        if self.frame == "site":
+            return site_elastic_field([box_hw if box_hw is not None else (height, width)], self.alpha, self.sigma)
         return elastic_displacement(height, width, self.alpha, self.sigma)
 
-    def apply(self, img: torch.Tensor, params: Optional[torch.Tensor]) -> torch.Tensor:
+    def apply(self, img: torch.Tensor, params) -> torch.Tensor:
         """Warp `img` by the field (identity for None)."""
-        return img if params is None else warp(img, params)
+        if params is None:
+            return img
+        return warp(img, site_field=params) if isinstance(params, SiteField) else warp(img, params)
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         return self.apply(img, self.sample_params(img.shape[1], img.shape[2]))

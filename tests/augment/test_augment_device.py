@@ -16,6 +16,7 @@ from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 from dinov2_cell.train.config import PLUGIN_DEFAULT_CONFIG, configs_dir
 from dinov2_cell.augment.device import (
     CROP_KEYS,
+    SITE_HW_SUFFIX,
     DeviceCellAugmentation,
     build_device_augmentation,
     channel_jitter_batch,
@@ -89,7 +90,10 @@ def test_model_mode_checks_values_on_the_device(make_image):
     out = aug(bad)  # the worker only crops; the device checks the batch
     batch = torch.stack(out["global_crops"])
     with pytest.raises(ValueError, match=r"collated_global_crops: channel\(s\) \[2\]"):
-        DeviceCellAugmentation().augment_batch({"collated_global_crops": batch}, torch.device("cpu"))
+        hw = torch.stack(out["global_crops_site_hw"])
+        DeviceCellAugmentation().augment_batch(
+            {"collated_global_crops": batch, "collated_global_crops_site_hw": hw}, torch.device("cpu")
+        )
     high = make_image(5, 8, 8)[None]
     high[0, 3] *= 1.5
     high[0, 3, 0, 0] = 1.5
@@ -307,13 +311,17 @@ def test_augment_batch_keys_dtype_and_other_keys():
         "collated_masks": torch.zeros(4, 4, dtype=torch.bool),
         "upperbound": 3,
     }
+    with pytest.raises(ValueError, match="collated_global_crops_site_hw"):
+        DeviceCellAugmentation().augment_batch(images, torch.device("cpu"))
+    for key in CROP_KEYS:
+        images[key + SITE_HW_SUFFIX] = torch.full((images[key].shape[0], 2), 40.0)
     out = DeviceCellAugmentation().augment_batch(images, torch.device("cpu"))
     assert set(out) == set(images) and out is not images
     for key in CROP_KEYS:
         assert out[key].dtype == torch.half and out[key].shape == images[key].shape
         assert not torch.equal(out[key], images[key])
     assert out["collated_masks"] is images["collated_masks"] and out["upperbound"] == 3
-    del images["collated_other_site_crops"]
+    del images["collated_other_site_crops"], images["collated_other_site_crops" + SITE_HW_SUFFIX]
     assert "collated_other_site_crops" not in DeviceCellAugmentation().augment_batch(images, torch.device("cpu"))
 
 
@@ -335,6 +343,8 @@ def test_meta_arch_augments_the_batch_on_the_device():
     off, _ = model("loader")
     assert off.device_augmentation is None and on.device_augmentation.seed == 0
     batch = make_batch(cfg, batch_size=3, other_site=True, seed=2)
+    for key in CROP_KEYS:  # boxes as collate_cell_data_and_cast adds them in model mode
+        batch[key + SITE_HW_SUFFIX] = torch.full((batch[key].shape[0], 2), 3.0 * batch[key].shape[-1])
     # The loader-mode model fed the batch as the hook augments it gives the same losses: the hook is exactly
     # "augment the collated crops, then upstream's step".
     augmented = DeviceCellAugmentation.from_config(cfg.augmentations, seed=0, rank=0).augment_batch(
