@@ -33,7 +33,7 @@ $PY -m dinov2_cell.synthetic --out "$W/plates" --num-plates 2 --wells 48 --size 
 log "1) one training step, ours (local aggregation) vs upstream SSLMetaArch"
 $PY benchmarks/train_step.py --config $CFG "${STEP_ARGS[@]}" 2>&1 | grep -v Warning | tail -8 | tee -a "$OUT/summary.txt"
 
-common=(--config-file $CFG train.dataset_path=CPJUMP1:root=$W/plates:channels=fluo train.batch_size_per_gpu=$B
+common=(--config-file $CFG train.dataset_path=CPJUMP1:root=$W/plates:channels=fluo train.batch_size_total=null train.batch_size_per_gpu=$B
         train.num_workers=$NW train.OFFICIAL_EPOCH_LENGTH=10 optim.warmup_epochs=1 teacher.warmup_teacher_temp_epochs=1
         evaluation.eval_period_iterations=0 crops.local_crops_size=$L)
 summarize() {  # run dir, label: median step time -> images/s; peak memory from the log

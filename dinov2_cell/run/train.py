@@ -8,7 +8,8 @@ Examples:
     torchrun --nproc_per_node 4 -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --output-dir D
     python -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --output-dir D --slurm \\
         --nodes 1 --gpus-per-node 4 --partition gpu --time 48:00:00
-    python -m dinov2_cell.run.train ... optim.epochs=10 train.batch_size_per_gpu=16   # key=value overrides
+    python -m dinov2_cell.run.train ... optim.epochs=10 train.batch_size_total=256   # key=value overrides
+    python -m dinov2_cell.run.train ... train.batch_size_total=null train.batch_size_per_gpu=16   # opt out
 """
 
 from __future__ import annotations

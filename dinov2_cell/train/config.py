@@ -24,6 +24,9 @@ CONFIGS_PACKAGE = "dinov2_cell.configs"
 IGNORED_ENTRIES = ("submitit",)
 # Values derived at run time (never compared when deciding whether an output dir holds the same run).
 DERIVED_KEYS = ("optim.lr", "train.output_dir")
+# Derived from train.batch_size_total and the world size when the total is set (see `per_gpu_batch_size`).
+PER_GPU_KEY = "train.batch_size_per_gpu"
+TOTAL_KEY = "train.batch_size_total"
 
 
 def configs_dir() -> str:
@@ -171,12 +174,14 @@ def prepare_config(args: argparse.Namespace) -> DictConfig:
 
     Raises:
         FileNotFoundError: no such config file or name.
-        ValueError: an unknown config key.
+        ValueError: an unknown config key; a `train.batch_size_total` the world size does not divide.
         FileExistsError: the output dir holds something other than a resumable run of this config.
     """
     args.output_dir = os.path.abspath(args.output_dir or "output")
     opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
     cfg = build_config(args.config_file, opts)
+    check_batch_overrides(cfg, opts)
+    per_gpu_batch_size(cfg, launch_world_size(args))  # a total the GPUs cannot share fails before anything is queued
     # Only one process decides (others would race on the files rank 0 is creating).
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
         resuming = check_output_dir(cfg, args.output_dir)
@@ -185,8 +190,122 @@ def prepare_config(args: argparse.Namespace) -> DictConfig:
     return cfg
 
 
+def launch_world_size(args: argparse.Namespace | None = None, environ=None) -> int:
+    """The number of training processes the run will have, known before distributed mode is enabled.
+
+    With `--slurm` (a SLURM backend): `--nodes` x `--gpus-per-node`; submitit's local/debug backends run one process.
+    Otherwise the environment decides, as upstream's `dinov2.distributed.enable` reads it: inside a SLURM job
+    `SLURM_NTASKS`, under torchrun `WORLD_SIZE`, else one process.
+
+    Args:
+        args: the parsed training arguments (`slurm`, `nodes`, `gpus_per_node`, `submitit_cluster` when present).
+        environ: the environment (default `os.environ`).
+
+    Returns:
+        The world size.
+    """
+    environ = os.environ if environ is None else environ
+    if args is not None and getattr(args, "slurm", False):
+        if getattr(args, "submitit_cluster", None) in ("local", "debug"):
+            return 1
+        return int(args.nodes) * int(args.gpus_per_node)
+    if "SLURM_JOB_ID" in environ:
+        return int(environ.get("SLURM_NTASKS", 1))
+    return int(environ.get("WORLD_SIZE", 1))
+
+
+def per_gpu_batch_size(cfg: DictConfig, world_size: int) -> int:
+    """The per-GPU batch of a run on `world_size` processes.
+
+    `train.batch_size_total` (the paper configs: 128) fixes the total batch whatever the GPU count, so the lr that
+    upstream's `sqrt_wrt_1024` rule derives from it stays the same too; null keeps upstream's behaviour
+    (`train.batch_size_per_gpu` on every GPU, total = per-GPU x world size).
+
+    Args:
+        cfg: the merged config.
+        world_size: number of training processes (one per GPU).
+
+    Returns:
+        The per-GPU batch size.
+
+    Raises:
+        ValueError: `train.batch_size_total` is not a positive integer, or the world size does not divide it.
+    """
+    total = cfg.train.get("batch_size_total")
+    if total is None:
+        return int(cfg.train.batch_size_per_gpu)
+    if isinstance(total, bool) or not isinstance(total, int) or total < 1:
+        raise ValueError(f"{TOTAL_KEY} must be a positive integer or null, got {total!r}")
+    if total % world_size:
+        raise ValueError(
+            f"{TOTAL_KEY}={total} does not divide over {world_size} training processes (GPUs); use a GPU count that "
+            f"divides {total}, set {TOTAL_KEY} to a multiple of {world_size}, or opt out with {TOTAL_KEY}=null "
+            f"({PER_GPU_KEY}={cfg.train.batch_size_per_gpu} on every GPU)"
+        )
+    return total // world_size
+
+
+def apply_batch_size_total(cfg: DictConfig, world_size: int) -> DictConfig:
+    """Sets `train.batch_size_per_gpu` for `world_size` processes (before upstream's lr scaling rule reads it).
+
+    Args:
+        cfg: the merged config, modified in place.
+        world_size: number of training processes.
+
+    Returns:
+        The same config.
+
+    Raises:
+        ValueError: as `per_gpu_batch_size`.
+    """
+    cfg.train.batch_size_per_gpu = per_gpu_batch_size(cfg, world_size)
+    return cfg
+
+
+def effective_batch_message(cfg: DictConfig, world_size: int) -> str:
+    """One line with the effective total batch, the per-GPU batch and the lr (after upstream's scaling rule).
+
+    Args:
+        cfg: the config after `apply_batch_size_total` and upstream's `apply_scaling_rules_to_cfg`.
+        world_size: number of training processes.
+
+    Returns:
+        E.g. `effective batch 128 = 8 processes (GPUs) x 16 (train.batch_size_total=128), lr 2e-05 (optim.base_lr
+        5.657e-05, scaling rule sqrt_wrt_1024)`.
+    """
+    per_gpu = int(cfg.train.batch_size_per_gpu)
+    total = cfg.train.get("batch_size_total")
+    source = f"{TOTAL_KEY}={total}" if total is not None else f"{TOTAL_KEY}=null: {PER_GPU_KEY} on every GPU"
+    return (
+        f"effective batch {per_gpu * world_size} = {world_size} process{'es' if world_size != 1 else ''} (GPUs) x "
+        f"{per_gpu} ({source}), lr {cfg.optim.lr:.4g} (optim.base_lr {cfg.optim.base_lr:.4g}, scaling rule "
+        f"{cfg.optim.scaling_rule})"
+    )
+
+
+def check_batch_overrides(cfg: DictConfig, opts: list[str]) -> None:
+    """Refuses a command-line `train.batch_size_per_gpu` that `train.batch_size_total` would silently replace.
+
+    Args:
+        cfg: the merged config.
+        opts: the command-line overrides.
+
+    Raises:
+        ValueError: naming both keys and the opt-out.
+    """
+    given = [o for o in opts if o.split("=", 1)[0].strip() == PER_GPU_KEY]
+    total = cfg.train.get("batch_size_total")
+    if given and total is not None:
+        raise ValueError(
+            f"{given[-1]} has no effect while {TOTAL_KEY}={total} fixes the total batch (the per-GPU batch is "
+            f"derived from the GPU count); add {TOTAL_KEY}=null to set the per-GPU batch yourself"
+        )
+
+
 def _comparable(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
+    if c.get("train", {}).get("batch_size_total") is not None:
+        c["train"].pop("batch_size_per_gpu", None)  # derived from the world size, which a resume may change
     for dotted in DERIVED_KEYS:
         section, key = dotted.split(".")
         c.get(section, {}).pop(key, None)

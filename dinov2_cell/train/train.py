@@ -19,6 +19,7 @@ import torch
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
 from dinov2_cell.train import health
+from dinov2_cell.train.config import apply_batch_size_total, effective_batch_message
 from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
 
@@ -26,14 +27,18 @@ logger = logging.getLogger("dinov2")
 
 
 def setup(args, cfg):
-    """Enables distributed mode, seeds, logs, applies upstream's lr scaling rule and writes config.yaml."""
+    """Enables distributed mode, seeds, logs, derives the per-GPU batch, applies upstream's lr scaling rule and
+    writes config.yaml."""
     from dinov2.utils.config import apply_scaling_rules_to_cfg, default_setup
     from omegaconf import OmegaConf
 
     distributed = import_upstream("dinov2.distributed")
     os.makedirs(args.output_dir, exist_ok=True)
     default_setup(args)
+    world_size = distributed.get_global_size()
+    apply_batch_size_total(cfg, world_size)  # before the scaling rule, which reads the per-GPU batch
     apply_scaling_rules_to_cfg(cfg)
+    logger.info(effective_batch_message(cfg, world_size))
     if distributed.is_main_process():
         write_config(cfg, args.output_dir)
     logger.info("resolved config:\n%s", OmegaConf.to_yaml(cfg))

@@ -115,6 +115,7 @@ def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_p
     saved = (out / "config.yaml").read_text()
     assert "in_chans: 3" in saved and "channels=bf" in saved
     assert "student:" in proc.stderr + proc.stdout  # the resolved config is printed
+    assert "effective batch 4 = 1 process (GPUs) x 4 (train.batch_size_total=null" in proc.stderr + proc.stdout
 
     # the same dir with another config: refused, and nothing in it changes
     before = {p: p.stat().st_mtime for p in out.rglob("*")}

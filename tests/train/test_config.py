@@ -70,3 +70,111 @@ print(build_config("cpjump1_vits14_fluo").student.in_chans, build_config("config
     assert package == str(site / "dinov2_cell" / "__init__.py")
     assert folder == str(site / "dinov2_cell" / "configs")
     assert names.split(",") == available_configs() and chans == "5 3"
+
+
+# --- train.batch_size_total: the paper's total batch (and so its lr) whatever the GPU count ---------------------
+
+PAPER = ("cpjump1_vits14_fluo", "cpjump1_vits14_bf", "cpjump1_vitb14_fluo", "cpjump1_vitb14_bf")
+
+
+def _scaled(cfg, world_size, monkeypatch):
+    """The config after the batch derivation and upstream's own lr scaling rule, on `world_size` processes."""
+    import dinov2.distributed
+    from dinov2.utils.config import apply_scaling_rules_to_cfg
+
+    from dinov2_cell.train.config import apply_batch_size_total
+
+    monkeypatch.setattr(dinov2.distributed, "get_global_size", lambda: world_size)
+    return apply_scaling_rules_to_cfg(apply_batch_size_total(cfg, world_size))
+
+
+@pytest.mark.parametrize("name", PAPER)
+@pytest.mark.parametrize("world_size,per_gpu", [(1, 128), (4, 32), (8, 16)])
+def test_paper_configs_keep_total_batch_128_and_lr_2e_5_on_any_gpu_count(name, world_size, per_gpu, monkeypatch):
+    from dinov2_cell.train.config import effective_batch_message
+
+    cfg = _scaled(build_config(name), world_size, monkeypatch)
+    assert cfg.train.batch_size_total == 128 and cfg.train.batch_size_per_gpu == per_gpu
+    assert cfg.optim.lr == pytest.approx(5.657e-05 * (128 / 1024) ** 0.5, rel=1e-12)  # hand: sqrt_wrt_1024 rule
+    assert cfg.optim.lr == pytest.approx(2e-5, rel=1e-4)  # the paper's lr
+    assert effective_batch_message(cfg, world_size) == (
+        f"effective batch 128 = {world_size} process{'es' if world_size > 1 else ''} (GPUs) x {per_gpu} "
+        "(train.batch_size_total=128), lr 2e-05 (optim.base_lr 5.657e-05, scaling rule sqrt_wrt_1024)"
+    )
+
+
+def test_a_world_size_that_does_not_divide_the_total_is_refused():
+    from dinov2_cell.train.config import per_gpu_batch_size
+
+    cfg = build_config("cpjump1_vits14_fluo")
+    with pytest.raises(ValueError) as e:
+        per_gpu_batch_size(cfg, 3)
+    assert str(e.value).startswith("train.batch_size_total=128 does not divide over 3 training processes (GPUs)")
+    assert "train.batch_size_total=null" in str(e.value)  # the opt-out is named
+    for bad in ("train.batch_size_total=0", "train.batch_size_total=-8", "train.batch_size_total=1.5"):
+        with pytest.raises(ValueError, match="must be a positive integer or null"):
+            per_gpu_batch_size(build_config("cpjump1_vits14_fluo", [bad]), 1)
+
+
+def test_opt_out_null_trains_batch_size_per_gpu_on_every_gpu_as_upstream(monkeypatch):
+    from dinov2_cell.train.config import effective_batch_message
+
+    cfg = _scaled(build_config("cpjump1_vits14_fluo", ["train.batch_size_total=null"]), 8, monkeypatch)
+    assert cfg.train.batch_size_per_gpu == 32
+    assert cfg.optim.lr == pytest.approx(5.657e-05 * (256 / 1024) ** 0.5, rel=1e-12)
+    assert effective_batch_message(cfg, 8) == (
+        "effective batch 256 = 8 processes (GPUs) x 32 (train.batch_size_total=null: train.batch_size_per_gpu on "
+        "every GPU), lr 2.829e-05 (optim.base_lr 5.657e-05, scaling rule sqrt_wrt_1024)"
+    )
+    cfg = build_config("cpjump1_vits14_fluo", ["train.batch_size_total=null", "train.batch_size_per_gpu=16"])
+    assert _scaled(cfg, 3, monkeypatch).train.batch_size_per_gpu == 16  # any GPU count once opted out
+    # the plugin default is upstream's behaviour: the tiny configs keep their per-GPU batch
+    assert build_config("tiny_cpu_fluo").train.batch_size_total is None
+
+
+def test_world_size_known_before_launch_and_refusal_before_anything_is_written(tmp_path):
+    from dinov2_cell.run.train import get_args_parser
+    from dinov2_cell.train.config import launch_world_size, prepare_config
+
+    parse = get_args_parser().parse_intermixed_args
+    assert launch_world_size(parse([]), environ={}) == 1
+    assert launch_world_size(parse([]), environ={"WORLD_SIZE": "8"}) == 8  # torchrun
+    assert launch_world_size(parse([]), environ={"SLURM_JOB_ID": "1", "SLURM_NTASKS": "6"}) == 6  # srun task
+    assert launch_world_size(parse(["--slurm", "--nodes", "2", "--gpus-per-node", "4"]), environ={}) == 8
+    assert launch_world_size(parse(["--slurm", "--gpus-per-node", "3", "--submitit-cluster", "local"])) == 1
+
+    out = tmp_path / "run"
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "--slurm", "--gpus-per-node", "3"])
+    with pytest.raises(ValueError, match="does not divide over 3"):
+        prepare_config(args)
+    # a per-GPU batch on the command line would be replaced silently: refused, with the opt-out named
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "train.batch_size_per_gpu=16"])
+    with pytest.raises(ValueError, match=r"train.batch_size_per_gpu=16 has no effect .* train.batch_size_total=null"):
+        prepare_config(args)
+    assert not out.exists()
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "train.batch_size_per_gpu=16"])
+    args.opts.append("train.batch_size_total=null")
+    assert prepare_config(args).train.batch_size_per_gpu == 16
+
+
+def test_resume_on_another_gpu_count_with_the_same_total_is_the_same_run(tmp_path, monkeypatch):
+    from dinov2_cell.train.config import apply_batch_size_total, check_output_dir, write_config
+
+    monkeypatch.setenv("CPJUMP1_ROOT", "/data")  # resolved when the configs are compared
+    saved = apply_batch_size_total(build_config("cpjump1_vits14_fluo"), 8)  # what setup() wrote on 8 GPUs
+    write_config(saved, str(tmp_path))
+    assert check_output_dir(build_config("cpjump1_vits14_fluo"), str(tmp_path)) is True
+    with pytest.raises(FileExistsError, match="train.batch_size_total"):
+        check_output_dir(build_config("cpjump1_vits14_fluo", ["train.batch_size_total=256"]), str(tmp_path))
+
+
+def test_cli_refuses_an_indivisible_total_in_one_line_before_submitting(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "--slurm", "--gpus-per-node", "3"]
+    proc = subprocess.run(
+        [PYTHON, "-m", "dinov2_cell.run.train", *argv], cwd=tmp_path, env=child_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error: train.batch_size_total=128 does not divide over 3" in lines[0], lines
+    assert not out.exists()
