@@ -15,6 +15,12 @@ explicit (every one is an option):
   source cell line's plates *outside* its fold ``f mod n_source_folds``. Within a cell line that is ordinary
   plate-wise cross-validation; across cell lines it trains on the same share of source plates and the test plates
   (another cell line) are trivially unseen. Test plates are never in training (asserted).
+* **Cross-line training set** (``cross_line_train``; the protocol does not say). ``fold`` (default, as above):
+  source -> target of different lines also leaves the source's fold ``f`` out, so every combination trains on the
+  same number of plates and within- and cross-line scores compare like for like. ``all``: cross-line combinations
+  train on every source plate (nothing of the target line can leak), as a transfer test that uses all the source
+  data would; same-line combinations keep plate-wise cross-validation. A source line with a single plate can then
+  be evaluated across lines.
 * **Classifier.** scikit-learn ``KNeighborsClassifier(algorithm="brute")`` with ``k=1`` (default), cosine distance
   (default) and ``uniform`` weights (default; ``distance`` available). Why k=1: a compound has one or two wells per
   plate, so a training set holds only ~4-13 replicate wells of a compound; a single nearest replicate is the
@@ -61,6 +67,7 @@ logger = logging.getLogger("dinov2_cell.eval")
 PROG = "python -m dinov2_cell.eval.knn_wells"
 DEFAULT_COMBINATIONS = tuple((s, t) for s in CELL_LINES for t in CELL_LINES)
 WEIGHTS = ("uniform", "distance")
+CROSS_LINE_TRAIN = ("fold", "all")  # training set of a source -> target combination of two cell lines
 
 
 def combination_name(source: str, target: str) -> str:
@@ -121,22 +128,29 @@ def make_folds(plates: Sequence[str], n_folds: int = 5, seed: int | None = None)
 
 
 def splits(
-    folds: dict[str, list[list[str]]], combinations: Sequence[tuple[str, str]]
+    folds: dict[str, list[list[str]]], combinations: Sequence[tuple[str, str]], cross_line_train: str = "fold"
 ) -> list[tuple[str, str, int, list[str], list[str]]]:
     """Every (source, target, fold, train plates, test plates) of the protocol.
 
     Args:
         folds: cell line -> its folds (:func:`make_folds`).
         combinations: (source, target) pairs.
+        cross_line_train: ``fold`` (source plates outside fold ``f``) or ``all`` (every source plate) when source and
+            target are different cell lines; a same-line combination always leaves fold ``f`` out.
 
     Returns:
         List of splits.
+
+    Raises:
+        ValueError: an unknown ``cross_line_train``.
     """
+    if cross_line_train not in CROSS_LINE_TRAIN:
+        raise ValueError(f"cross_line_train must be one of {CROSS_LINE_TRAIN}, got {cross_line_train!r}")
     out = []
     for source, target in combinations:
         src_folds, tgt_folds = folds[source], folds[target]
         for f, test in enumerate(tgt_folds):
-            held = src_folds[f % len(src_folds)]
+            held = [] if source != target and cross_line_train == "all" else src_folds[f % len(src_folds)]
             train = sorted(p for fold in src_folds for p in fold if p not in held)
             if set(train) & set(test):
                 raise AssertionError(f"{source}->{target} fold {f}: test plates in training")
@@ -184,6 +198,7 @@ def evaluate(
     seed: int | None = None,
     feature_cols: Sequence[str] | None = None,
     source: str | None = None,
+    cross_line_train: str = "fold",
 ) -> dict:
     """Run the challenge kNN protocol (see module docstring).
 
@@ -201,6 +216,8 @@ def evaluate(
         seed: shuffle plates before making folds (default: deterministic sorted dealing).
         feature_cols: features (default: all non-Metadata numeric columns).
         source: name of the table in error messages (default: its path, or "profiles").
+        cross_line_train: training set of a combination of two cell lines: ``fold`` (the source's plates outside
+            fold ``f``, as within a line) or ``all`` (every source plate).
 
     Returns:
         Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
@@ -216,6 +233,8 @@ def evaluate(
         raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
     if normalize not in METHODS:
         raise ValueError(f"normalize must be one of {METHODS}, got {normalize!r}")
+    if cross_line_train not in CROSS_LINE_TRAIN:
+        raise ValueError(f"cross_line_train must be one of {CROSS_LINE_TRAIN}, got {cross_line_train!r}")
     source = source or (profiles if isinstance(profiles, str) else "profiles")
     df = read_profiles(profiles)
     feats = check_profiles(df, required=(PLATE, label_col, cell_line_col), source=source)
@@ -236,8 +255,12 @@ def evaluate(
     wanted = list(combinations) if combinations is not None else list(DEFAULT_COMBINATIONS)
     counts = {line: len(p) for line, p in by_line.items()}
     # Training plates are the source line's plates outside the held-out fold: a source line with one plate would
-    # train on nothing, whatever the target line.
-    todo = [(s, t) for s, t in wanted if t in by_line and counts.get(s, 0) >= 2]
+    # train on nothing, unless a cross-line combination trains on all of them.
+    todo = [
+        (s, t)
+        for s, t in wanted
+        if t in by_line and counts.get(s, 0) >= (1 if s != t and cross_line_train == "all" else 2)
+    ]
     skipped = [combination_name(s, t) for s, t in wanted if (s, t) not in todo]
     if not todo:
         absent = sorted({x for pair in wanted for x in pair} - set(by_line))
@@ -255,7 +278,7 @@ def evaluate(
     y = df[label_col].astype(str).to_numpy()
     plate_arr = df[PLATE].astype(str).to_numpy()
     rows = []
-    for s, t, f, train, test in splits(folds, todo):
+    for s, t, f, train, test in splits(folds, todo, cross_line_train):
         tr = np.isin(plate_arr, train)
         te = np.isin(plate_arr, test)
         pred = knn_predict(x[tr], y[tr], x[te], k=k, metric=metric, weights=weights)
@@ -300,6 +323,7 @@ def evaluate(
         "label_col": label_col,
         "cell_line_col": cell_line_col,
         "seed": seed,
+        "cross_line_train": cross_line_train,
         "n_features": len(feats),
         "n_wells": int(len(df)),
         "plates": {line: sorted(p) for line, p in by_line.items()},
@@ -337,6 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cell-line-col", default=CELL_LINE, help="cell line column")
     g.add_argument("--plates", type=comma_list, default=None, metavar="A,B,...", help="comma-separated plates to use")
     g.add_argument("--seed", type=int, default=None, help="shuffle plates before making folds")
+    g.add_argument(
+        "--cross-line-train",
+        choices=CROSS_LINE_TRAIN,
+        default="fold",
+        help="training set of a combination of two cell lines (e.g. U2OS->A549) for target fold f: 'fold' = the "
+        "source line's plates outside its fold f, the same share as within a line (default); 'all' = every source "
+        "plate (the test plates are of another line, so none can leak); within-line combinations always leave fold "
+        "f out",
+    )
     g = p.add_argument_group("mAP")
     g.add_argument("--map", action="store_true", help="also compute copairs mAP (activity and consistency)")
     g.add_argument("--null-size", type=positive_int, default=10000, help="mAP null distribution size")
@@ -380,6 +413,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         plates=plates,
         seed=args.seed,
         source=source,
+        cross_line_train=args.cross_line_train,
     )
     result["config"]["profiles"] = (
         os.path.abspath(args.profiles[0]) if len(args.profiles) == 1 else [os.path.abspath(p) for p in args.profiles]

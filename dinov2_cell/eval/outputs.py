@@ -25,7 +25,8 @@ def format_table(result: dict, map_result: dict | None = None) -> str:
     cfg = result["config"]
     lines = [
         f"kNN compound classification (k={cfg['k']}, {cfg['metric']}, {cfg['weights']}, {cfg['n_folds']}-fold "
-        f"plate-wise CV, normalize={cfg['normalize']}, {cfg['n_wells']} non-DMSO wells, {cfg['n_features']} features)",
+        f"plate-wise CV, cross-line train={cfg.get('cross_line_train', 'fold')}, normalize={cfg['normalize']}, "
+        f"{cfg['n_wells']} non-DMSO wells, {cfg['n_features']} features)",
         f"{'combination':<14}{'folds':>6}{'accuracy %':>14}{'macro-F1 %':>14}",
     ]
     for name, c in result["combinations"].items():

@@ -37,7 +37,23 @@ def test_splits_never_train_on_test_plates():
         assert set(test) == set(folds[target][f])
 
 
-def _sklearn_reference(df, k, metric, weights):
+def test_cross_line_train_all_trains_cross_line_combinations_on_every_source_plate():
+    folds = {"U2OS": knn_wells.make_folds(list("abcdef"), 5), "A549": knn_wells.make_folds(list("ghi"), 5)}
+    out = knn_wells.splits(folds, knn_wells.DEFAULT_COMBINATIONS, cross_line_train="all")
+    assert len(out) == 5 + 3 + 5 + 3
+    default = knn_wells.splits(folds, knn_wells.DEFAULT_COMBINATIONS)
+    assert default == knn_wells.splits(folds, knn_wells.DEFAULT_COMBINATIONS, cross_line_train="fold")
+    for (source, target, f, train, test), old in zip(out, default):
+        assert not set(train) & set(test)
+        if source == target:  # within a line: plate-wise cross-validation either way
+            assert (source, target, f, train, test) == old
+        else:
+            assert train == sorted(p for fold in folds[source] for p in fold) and test == old[4]
+    with pytest.raises(ValueError, match="cross_line_train"):
+        knn_wells.splits(folds, knn_wells.DEFAULT_COMBINATIONS, cross_line_train="none")
+
+
+def _sklearn_reference(df, k, metric, weights, cross_line_train="fold"):
     """Straightforward re-implementation: same folds, KNeighborsClassifier, accuracy and macro-F1 per fold."""
     df = df[df["Metadata_pert_iname"] != "DMSO"]
     feats = [c for c in df.columns if not c.startswith("Metadata_")]
@@ -49,7 +65,8 @@ def _sklearn_reference(df, k, metric, weights):
             acc, f1 = [], []
             for f in range(5):
                 test = tgt[f::5]
-                train = [p for p in src if p not in src[f::5]]
+                held = src[f::5] if line_s == line_t or cross_line_train == "fold" else []
+                train = [p for p in src if p not in held]
                 tr, te = df[df["Metadata_Plate"].isin(train)], df[df["Metadata_Plate"].isin(test)]
                 clf = KNeighborsClassifier(n_neighbors=k, metric=metric, weights=weights, algorithm="brute")
                 pred = clf.fit(tr[feats], tr["Metadata_broad_sample"]).predict(te[feats])
@@ -60,12 +77,14 @@ def _sklearn_reference(df, k, metric, weights):
     return scores
 
 
+@pytest.mark.parametrize("cross_line_train", ["fold", "all"])
 @pytest.mark.parametrize("k,metric,weights", [(1, "cosine", "uniform"), (3, "euclidean", "distance")])
-def test_scores_equal_sklearn_reference(make_planted, k, metric, weights):
+def test_scores_equal_sklearn_reference(make_planted, k, metric, weights, cross_line_train):
     make, _ = make_planted
     df = make(noise=2.0, seed=3)  # noisy enough that scores are neither 0 nor 1
-    result = knn_wells.evaluate(df, k=k, metric=metric, weights=weights)
-    ref = _sklearn_reference(df, k, metric, weights)
+    result = knn_wells.evaluate(df, k=k, metric=metric, weights=weights, cross_line_train=cross_line_train)
+    assert result["config"]["cross_line_train"] == cross_line_train
+    ref = _sklearn_reference(df, k, metric, weights, cross_line_train)
     assert set(result["combinations"]) == set(ref)
     for name, (acc, f1) in ref.items():
         assert result["combinations"][name]["accuracy"] == pytest.approx(acc, abs=1e-12)
@@ -115,7 +134,7 @@ def test_cli_help_and_tiny_run(tmp_path, planted):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "dinov2_cell.eval.knn_wells"]
     out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0 and "--normalize" in out.stdout
+    assert out.returncode == 0 and "--normalize" in out.stdout and "--cross-line-train {fold,all}" in out.stdout
     profiles = tmp_path / "profiles.csv"
     planted.to_csv(profiles, index=False)
     args = [str(profiles), "--out", str(tmp_path / "res"), "--map", "--null-size", "50"]
@@ -132,6 +151,18 @@ def test_cli_help_and_tiny_run(tmp_path, planted):
     assert (res / "map_activity.csv").exists() and json.loads((res / "map.json").read_text())["activity"]
     with pytest.raises(FileExistsError, match="overwrite"):  # in-process: a third interpreter start costs ~5 s
         knn_wells.main(args)
+    assert summary["config"]["cross_line_train"] == "fold"  # the default
+    assert knn_wells.main([str(profiles), "--out", str(tmp_path / "all"), "--cross-line-train", "all"]) == 0
+    rows = json.loads((tmp_path / "all" / "knn.json").read_text())["folds"]
+    plates_of = {line: [f"PL{i:03d}" for i in r] for line, r in (("U2OS", range(5)), ("A549", range(5, 11)))}
+    for r in rows:
+        if r["source"] != r["target"]:  # every source plate, the test plates of the target fold
+            assert r["train_plates"] == plates_of[r["source"]] and r["n_train"] == 12 * len(plates_of[r["source"]])
+        else:
+            assert len(r["train_plates"]) < len(plates_of[r["source"]]) and not set(r["train_plates"]) & set(
+                r["test_plates"]
+            )
+    assert json.loads((tmp_path / "all" / "knn.json").read_text())["config"]["cross_line_train"] == "all"
 
 
 def test_one_plate_per_cell_line_is_a_clear_error(planted):
@@ -142,6 +173,13 @@ def test_one_plate_per_cell_line_is_a_clear_error(planted):
     result = knn_wells.evaluate(planted[~planted["Metadata_Plate"].isin(["PL001", "PL002", "PL003", "PL004"])])
     assert list(result["combinations"]) == ["A549->U2OS", "A549->A549"]
     assert result["skipped"] == ["U2OS->U2OS", "U2OS->A549"]
+    # Training on every source plate, the single U2OS plate can train the cross-line combination.
+    result = knn_wells.evaluate(
+        planted[~planted["Metadata_Plate"].isin(["PL001", "PL002", "PL003", "PL004"])], cross_line_train="all"
+    )
+    assert list(result["combinations"]) == ["U2OS->A549", "A549->U2OS", "A549->A549"]
+    assert result["skipped"] == ["U2OS->U2OS"]
+    assert {tuple(r["train_plates"]) for r in result["folds"] if r["combination"] == "U2OS->A549"} == {("PL000",)}
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, planted):
