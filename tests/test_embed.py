@@ -225,3 +225,82 @@ def test_options_feed_parser_api_and_run_config(tmp_path, runs, factory):
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert saved["settings"]["site_merge"] == "mean" and saved["source"]["dataset_kwargs"] == {"on_error": "skip"}
     assert set(saved["settings"]) == {"models", "site_features", *opts.recorded()}
+
+
+def test_cli_skip_leaves_a_truncated_and_a_deleted_tiff_out_of_their_wells(tmp_path, runs):
+    """--dataset-opt on_error=skip: the unreadable site becomes a missing site of its well, never another sample."""
+    from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
+    from dinov2_cell.models.multichannel_vit import load_teacher_backbone
+    from dinov2_cell.synthetic import generate_plates
+
+    data = tmp_path / "plates"
+    wells = ["A01", "A02", "A03"]
+    generate_plates(data, plates=[PLATE_9], wells=wells, sites=9, size=28, missing_sites=0.0, progress=False)
+    folder = next(data.rglob("Images"))
+    truncated, deleted = folder / "r01c01f03p01-ch2sk1fk1fl1.tiff", folder / "r01c02f05p01-ch1sk1fk1fl1.tiff"
+    with open(truncated, "r+b") as f:  # a copy cut short: the pixel data ends early
+        f.truncate(300)
+    deleted.unlink()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "dinov2_cell.embed", "--fluo", runs["fluo"], "--data-root", str(data), "--no-progress"]
+    out = subprocess.run(cmd + ["--out", str(tmp_path / "raise")], capture_output=True, text=True, env=env)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "error: DataReadError" in lines[-1] and str(truncated) in lines[-1], out.stderr
+    out = subprocess.run(
+        cmd + ["--out", str(tmp_path / "o"), "--dataset-opt", "on_error=skip"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert "fluo: 2 wells with missing sites, 2 unreadable sites left out" in out.stderr
+    assert "failed to read" in out.stderr and f"missing image file: {deleted}" in out.stderr
+
+    # Reference by hand: every readable site through the backbone, each well merged from its readable sites only.
+    ds = CPJUMP1Dataset(root=str(data), plates=[PLATE_9], channels="fluo")
+    bad = {("A01", "3"), ("A02", "5")}
+    backbone, _ = load_teacher_backbone(runs["fluo"])
+    df = pd.read_parquet(tmp_path / "o" / "profiles.parquet")
+    assert list(df["Metadata_Well"]) == wells
+    for well in wells:
+        rows = [i for i in range(len(ds)) if ds.index.at[i, "Metadata_Well"] == well]
+        keep = [i for i in rows if (well, str(ds.index.at[i, "Metadata_Site"])) not in bad]
+        assert len(keep) == (9 if well == "A03" else 8)
+        with torch.no_grad():
+            o = backbone.forward_features(torch.stack([prepare_image(ds.get_image(i), 56, 14) for i in keep]))
+            site = torch.cat([o["x_norm_clstoken"], o["x_norm_patchtokens"].mean(1)], 1).numpy()
+        ref, n_missing = merge_well([int(ds.index.at[i, "Metadata_Site"]) for i in keep], site, side=3)
+        assert n_missing == 9 - len(keep)
+        got = df.loc[df["Metadata_Well"] == well, feature_columns(df)].to_numpy()[0]
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+    stats = json.loads((tmp_path / "o" / "parts" / f"{PLATE_9}.stats.json").read_text())["fluo"]
+    assert stats["unreadable_sites"] == 2 and stats["wells_with_missing_sites"] == 2 and stats["sites"] == 25
+    assert [(u["Metadata_Well"], u["Metadata_Site"]) for u in stats["unreadable"]] == [("A01", "3"), ("A02", "5")]
+    assert "failed to read" in stats["unreadable"][0]["error"] and str(deleted) in stats["unreadable"][1]["error"]
+    assert stats["wells_without_readable_site"] == []
+
+
+def test_skip_drops_a_well_without_readable_site_and_refuses_an_unreadable_plate(tmp_path, runs):
+    from dinov2_cell.data.errors import DataReadError
+
+    class Unreadable(StubDataset):
+        def __init__(self, root, plates, channels, on_error="raise", bad_wells=("A02",), **kwargs):
+            super().__init__(root, plates, channels)
+            self.on_error, self.bad_wells = on_error, bad_wells
+
+        def get_image(self, i):
+            if self.index.at[i, "Metadata_Well"] in self.bad_wells:
+                raise DataReadError(f"sample {i}: failed to read 8192 bytes, got 92")
+            return super().get_image(i)
+
+    def factory(root, plates, channels, **kwargs):
+        return Unreadable(root, plates, channels, **kwargs)
+
+    opts = dict(dataset_factory=factory, progress=False, dataset_opt=["on_error=skip"], plates=[PLATE_16])
+    df = pd.read_parquet(embed.embed_plates({"fluo": runs["fluo"]}, "root", str(tmp_path / "o"), **opts))
+    assert list(df["Metadata_Well"]) == ["A01"]  # A02: no readable site, left out
+    stats = json.loads((tmp_path / "o" / "parts" / f"{PLATE_16}.stats.json").read_text())["fluo"]
+    assert stats["unreadable_sites"] == 16 and stats["wells_without_readable_site"] == ["A02"]
+
+    def all_bad(root, plates, channels, **kwargs):
+        return Unreadable(root, plates, channels, bad_wells=("A01", "A02"), **kwargs)
+
+    with pytest.raises(ValueError, match=f"{PLATE_16} fluo: none of the 32 sites could be read"):
+        embed.embed_plates({"fluo": runs["fluo"]}, "root", str(tmp_path / "p"), **{**opts, "dataset_factory": all_bad})

@@ -3,7 +3,9 @@
 :class:`PlateSource` (data root, channel group, dataset keywords, dataset builder) opens a plate's dataset;
 :func:`site_index` is its per-site table. :class:`MappedSites` applies a function to ``dataset.get_image(i)``
 inside the workers (resizing for a ViT, or a whole classical feature vector), and :func:`iterate_sites` yields the
-results in batches in dataset order with a progress bar. torch is imported only when a loader is built.
+results in batches in dataset order with a progress bar; given a ``skipped`` list, it leaves unreadable sites
+(:class:`~dinov2_cell.data.errors.DataReadError`) out of the batches and reports them there instead of raising.
+torch is imported only when a loader is built.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import pandas as pd
 
 from dinov2_cell.columns import PLATE, SITE, WELL
+from dinov2_cell.data.errors import DataReadError
 
 # f(root, plates or None, channels, **kwargs) -> dataset with ``index`` (Metadata_Plate/Well/Site), len, get_image.
 DatasetFactory = Callable[..., object]
@@ -136,16 +139,40 @@ class MappedSites:
     Args:
         dataset: CPJUMP1-like dataset (``len``, ``get_image``).
         fn: per-image function returning a tensor.
+        skip_unreadable: items are ``(i, fn(image) or None, error message or None)``; an unreadable site
+            (``DataReadError``) gives ``(i, None, message)`` instead of raising.
     """
 
-    def __init__(self, dataset, fn: Callable):
-        self.dataset, self.fn = dataset, fn
+    def __init__(self, dataset, fn: Callable, skip_unreadable: bool = False):
+        self.dataset, self.fn, self.skip_unreadable = dataset, fn, skip_unreadable
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, i):
-        return self.fn(self.dataset.get_image(i))
+        if not self.skip_unreadable:
+            return self.fn(self.dataset.get_image(i))
+        try:
+            image = self.dataset.get_image(i)
+        except DataReadError as e:
+            return int(i), None, str(e)
+        return int(i), self.fn(image), None
+
+
+def collate_readable(items: list) -> tuple:
+    """Collates ``MappedSites(..., skip_unreadable=True)`` items (in the worker): the readable ones stacked.
+
+    Args:
+        items: ``(i, tensor or None, message or None)`` triples.
+
+    Returns:
+        ``(batch or None when no site of the batch was readable, number of items, [(i, message), ...] unreadable)``.
+    """
+    from torch.utils.data import default_collate
+
+    readable = [t for _, t, err in items if err is None]
+    unreadable = [(i, err) for i, _, err in items if err is not None]
+    return (default_collate(readable) if readable else None), len(items), unreadable
 
 
 def iterate_sites(
@@ -156,6 +183,7 @@ def iterate_sites(
     pin_memory: bool = False,
     desc: str = "sites",
     progress: bool = True,
+    skipped: list | None = None,
 ) -> Iterator:
     """Batches of ``fn(image)`` over every site of ``dataset``, in order.
 
@@ -167,17 +195,32 @@ def iterate_sites(
         pin_memory: pin batches (for a CUDA consumer).
         desc: progress bar label.
         progress: show a progress bar.
+        skipped: ``None``: an unreadable site raises its ``DataReadError``. A list: unreadable sites are left out of
+            the batches and ``(dataset index, message)`` appended to it, in order, as each batch arrives.
 
     Yields:
-        Stacked batches (tensors), ``len(dataset)`` sites in all.
+        Stacked batches (tensors), ``len(dataset)`` sites in all, less those appended to ``skipped``.
     """
     import torch
     from tqdm import tqdm
 
+    skipping = skipped is not None
     loader = torch.utils.data.DataLoader(
-        MappedSites(dataset, fn), batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=pin_memory
+        MappedSites(dataset, fn, skip_unreadable=skipping),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        collate_fn=collate_readable if skipping else None,
     )
     with tqdm(total=len(dataset), desc=desc, unit="site", disable=not progress) as bar:
         for batch in loader:
-            yield batch
-            bar.update(len(batch))
+            if not skipping:
+                yield batch
+                bar.update(len(batch))
+                continue
+            batch, n, unreadable = batch
+            skipped.extend(unreadable)
+            if batch is not None:
+                yield batch
+            bar.update(n)

@@ -13,6 +13,9 @@ Per plate, for each teacher (fluorescent, brightfield, ...):
 4. **Well vector** (:mod:`dinov2_cell.profiles.merge`): ``concat`` (default: sites on their grid, 4x4 bilinearly
    resampled to 3x3 with corners kept, 9 site vectors concatenated) or ``mean``; wells with missing sites are kept
    (empty grid positions filled with the mean of the present sites) and counted in ``parts/<plate>.stats.json``.
+   With ``--dataset-opt on_error=skip`` an unreadable site (truncated or deleted TIFF) is left out of its well and
+   treated as a missing site: never replaced by another sample (the training dataset's substitution does not apply
+   here), logged, and counted (``unreadable_sites``, with each site and its error) in the plate's stats.
 5. **Channels.** The teachers' well vectors are joined on the well (fluorescent then brightfield, in the order
    given), feature names prefixed by the teacher name (``fluo_p4_0012``).
 
@@ -36,7 +39,8 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.cli import comma_list
-from dinov2_cell.columns import PLATE, WELL
+from dinov2_cell.columns import PLATE, SITE, WELL
+from dinov2_cell.data.errors import SkipLog
 from dinov2_cell.profiles import merge as merge_mod
 from dinov2_cell.profiles.align import ALIGNMENT_LABEL, align_cross_plate
 from dinov2_cell.profiles.driver import BaseFeaturiser, PlateSource, site_index
@@ -115,8 +119,9 @@ class EmbedOptions:
     metadata: str | None = _opt(None, "per-well metadata CSV/Parquet (default: packaged CPJUMP1 files)", metavar="FILE")
     dataset_opt: list = _opt(
         [],
-        "extra CPJUMP1Dataset option in dataset-string syntax (e.g. on_error=skip); overrides the normalisation keys "
-        "inherited from each run's train.dataset_path; repeatable",
+        "extra CPJUMP1Dataset option in dataset-string syntax; overrides the normalisation keys inherited from each "
+        "run's train.dataset_path; repeatable. on_error=skip: an unreadable site (truncated/deleted TIFF) is left out "
+        "of its well like a missing site, logged and counted in parts/<plate>.stats.json",
         action="append",
         metavar="KEY=VALUE",
     )
@@ -206,6 +211,7 @@ def embed_dataset(
     precision: str = "fp32",
     desc: str = "sites",
     progress: bool = True,
+    skipped: list | None = None,
 ) -> np.ndarray:
     """Site vectors of every image of ``dataset``.
 
@@ -218,9 +224,11 @@ def embed_dataset(
         precision: ``fp32`` (default), ``bf16`` or ``fp16`` autocast.
         desc: progress bar label.
         progress: show a progress bar.
+        skipped: ``None``: an unreadable site raises. A list: unreadable sites get no row, and ``(dataset index,
+            message)`` is appended to it for each (see :func:`dinov2_cell.profiles.sites.iterate_sites`).
 
     Returns:
-        (len(dataset), 2 * embed_dim) float32 array.
+        (len(dataset) - len(skipped), 2 * embed_dim) float32 array, rows in dataset order.
     """
     import torch
 
@@ -230,7 +238,7 @@ def embed_dataset(
     device = torch.device(device)
     resize = functools.partial(prepare_image, image_size=model.image_size, patch_size=model.patch_size)
     out = []
-    batches = iterate_sites(dataset, resize, batch_size, num_workers, device.type == "cuda", desc, progress)
+    batches = iterate_sites(dataset, resize, batch_size, num_workers, device.type == "cuda", desc, progress, skipped)
     for batch in batches:
         if batch.shape[1] != model.in_chans:
             raise ValueError(
@@ -344,7 +352,12 @@ class SSLFeaturiser(BaseFeaturiser):
             if len(index) == 0:
                 raise ValueError(f"plate {plate}: no site found for channels {m.channels!r}")
             desc = f"{plate} {m.name}"
-            feats = embed_dataset(m, ds, o.batch_size, self.device, self.num_workers, o.precision, desc, o.progress)
+            # on_error=skip: an unreadable site is left out of its well (a missing site), never replaced.
+            unreadable = [] if getattr(ds, "on_error", "raise") == "skip" else None
+            feats = embed_dataset(
+                m, ds, o.batch_size, self.device, self.num_workers, o.precision, desc, o.progress, unreadable
+            )
+            index, lost = _drop_unreadable(index, unreadable or [], desc)
             wells, st = merge_mod.merge_sites(
                 index,
                 feats,
@@ -354,6 +367,7 @@ class SSLFeaturiser(BaseFeaturiser):
                 missing=o.missing_sites,
                 prefix=f"{m.name}_",
             )
+            st.update(lost)
             stats[m.name] = st
             if table is None:
                 table = wells
@@ -371,9 +385,50 @@ class SSLFeaturiser(BaseFeaturiser):
         logger.info(
             "plate %s: %s",
             plate,
-            "; ".join(f"{k}: {v['wells_with_missing_sites']} wells with missing sites" for k, v in stats.items()),
+            "; ".join(
+                f"{k}: {v['wells_with_missing_sites']} wells with missing sites, {v['unreadable_sites']} unreadable "
+                "sites left out"
+                for k, v in stats.items()
+            ),
         )
         return table
+
+
+def _drop_unreadable(index: pd.DataFrame, unreadable: list, desc: str) -> tuple[pd.DataFrame, dict]:
+    """The site index without the unreadable sites, and their record for the plate's stats.
+
+    Args:
+        index: the dataset's site index (row i = dataset index i).
+        unreadable: ``(dataset index, message)`` of the sites that could not be read.
+        desc: plate and teacher, for messages.
+
+    Returns:
+        (index of the embedded sites, in order; ``{"unreadable_sites": n, "unreadable": [{well, site, error}],
+        "wells_without_readable_site": [wells]}``).
+
+    Raises:
+        ValueError: no site of the plate could be read.
+    """
+    bad = sorted(int(i) for i, _ in unreadable)
+    record = {"unreadable_sites": len(bad), "unreadable": [], "wells_without_readable_site": []}
+    if not bad:
+        return index, record
+    if len(bad) == len(index):
+        raise ValueError(f"{desc}: none of the {len(index)} sites could be read; first error: {unreadable[0][1]}")
+    log = SkipLog(desc)
+    for i, message in unreadable:
+        log.record("unreadable sites (left out of their well, filled as a missing site)", message)
+        record["unreadable"].append({WELL: str(index.at[i, WELL]), SITE: str(index.at[i, SITE]), "error": message})
+    kept = index.drop(index=bad).reset_index(drop=True)
+    record["wells_without_readable_site"] = sorted(set(index[WELL].astype(str)) - set(kept[WELL].astype(str)))
+    log.log_summary()
+    if record["wells_without_readable_site"]:
+        logger.warning(
+            "%s: no readable site in well(s) %s: left out of the profiles",
+            desc,
+            ",".join(record["wells_without_readable_site"]),
+        )
+    return kept, record
 
 
 def alignment_variants(align_alpha: float | None, align_by: Sequence[str] | None = None) -> dict:
