@@ -17,6 +17,11 @@ What it does, in one run (all ratios come from the same run, same files, same ma
    * ``dataset read_raw``: ``ds.read_raw(i)`` -- index lookup, decode into one C x H x W uint16 array, checks;
    * ``dataset get_image``: ``ds.get_image(i)`` -- the above + per-image percentile normalization to float32
      (what ``ds[i]`` returns without a transform);
+   * ``dataset get_site``: ``ds.get_site(i)`` -- the read + the normalisation bounds, no float conversion (what
+     ``ds[i]`` hands ``CellDataAugmentation``, which converts only its crops' pixels);
+   * ``get_image + crops`` / ``get_site + crops``: what a training worker pays per site with
+     ``augmentations.device=model``: the read, then the paper's 2 x 518 + 8 x 98 crops cut and resized, normalising
+     the whole site first vs only the crops' tiles;
    * with ``--num-workers N`` also ``ds[i]`` through a DataLoader with N workers (the training configuration).
 
 Numbers are with a warm page cache (files just written); on network or spinning storage the file reads dominate and
@@ -127,6 +132,26 @@ def make_inputs(work: Path, sites: int, size: int) -> dict[str, Path]:
     return roots
 
 
+def _paper_crops():
+    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+
+    return CellDataAugmentation((0.32, 1.0), (0.05, 0.32), 8, 518, 98, other_site_view=False, device="model")
+
+
+class _LazyCrops:
+    """The paper-setting crop-only augmentation, built on first use (so --help stays cheap)."""
+
+    aug = None
+
+    def __call__(self, site):
+        if self.aug is None:
+            self.aug = _paper_crops()
+        return self.aug(site)
+
+
+_CROPS = _LazyCrops()
+
+
 def run(sites: int, size: int, repeats: int, workers: int, workdir: str | None, keep: bool) -> list[dict]:
     """Build the inputs, time every reader, print the table and the ratios.
 
@@ -161,6 +186,13 @@ def run(sites: int, size: int, repeats: int, workers: int, workdir: str | None, 
                 rows.append(dict(input=kind, reader="bare imread", sites_per_s=rate))
             rows.append(dict(input=kind, reader="dataset read_raw", sites_per_s=_best_rate(ds.read_raw, n, repeats)))
             rows.append(dict(input=kind, reader="dataset get_image", sites_per_s=_best_rate(ds.get_image, n, repeats)))
+            rows.append(dict(input=kind, reader="dataset get_site", sites_per_s=_best_rate(ds.get_site, n, repeats)))
+            # What a training worker pays per site with augmentations.device=model: the read, normalisation and the
+            # paper's 2 x 518 + 8 x 98 crops (cut + resize), normalising the whole site first vs only the crops.
+            for reader, read in (("get_image + crops", ds.get_image), ("get_site + crops", ds.get_site)):
+                torch.manual_seed(0)
+                rate = _best_rate(lambda i, read=read: _CROPS(read(i)), n, repeats)
+                rows.append(dict(input=kind, reader=reader, sites_per_s=rate))
             if workers:
                 sub = torch.utils.data.Subset(ds, range(n))
                 rows.append(
@@ -199,6 +231,19 @@ def _report(rows: list[dict], sites: int, size: int) -> None:
             (kind, "bare imread"),
             f"{kind}: dataset get_image (+normalize) / bare imread (goal >= 0.5)",
         )
+        ratio(
+            (kind, "dataset get_site"),
+            (kind, "bare imread"),
+            f"{kind}: dataset get_site (read + bounds, what training reads) / bare imread",
+        )
+        ratio(
+            (kind, "get_site + crops"),
+            (kind, "get_image + crops"),
+            f"{kind}: read + crops, deferred / normalise-then-crop",
+        )
+    ratio(
+        ("store", "get_site + crops"), ("store", "get_image + crops"), "store: read + crops, deferred / normalise first"
+    )
     for kind in ("tiff", "lzw"):
         ratio(("store", "dataset read_raw"), (kind, "bare imread"), f"store read_raw / {kind} bare imread")
         ratio(("store", "dataset read_raw"), (kind, "dataset read_raw"), f"store read_raw / {kind} dataset read_raw")
@@ -206,6 +251,12 @@ def _report(rows: list[dict], sites: int, size: int) -> None:
             ("store", "dataset get_image"),
             (kind, "dataset get_image"),
             f"store get_image / {kind} get_image (goal >= 3)",
+        )
+        ratio(("store", "dataset get_site"), (kind, "dataset get_site"), f"store get_site / {kind} get_site")
+        ratio(
+            ("store", "get_site + crops"),
+            (kind, "get_site + crops"),
+            f"store read + crops / {kind} read + crops (deferred)",
         )
 
 

@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from dinov2_cell.augment.device import SITE_HW_SUFFIX, check_device_mode, cheap_resize
+from dinov2_cell.data.intensity import RawSite
 from dinov2_cell.augment.transforms import (
     ChannelJitter,
     ElasticDeform,
@@ -68,6 +69,9 @@ class CellDataAugmentation:
     `model` mode, where `global_crops_site_hw`, `local_crops_site_hw` and `other_site_crops_site_hw` also list each
     crop's box (height, width) in site pixels).
     """
+
+    # The dataset may pass a RawSite (CPJUMP1Dataset.get_site) instead of a normalised float tensor.
+    accepts_raw_site = True
 
     def __init__(
         self,
@@ -149,7 +153,7 @@ class CellDataAugmentation:
         copy.
 
         Args:
-            img: validated C x H x W float32 image in [0, 1].
+            img: validated C x H x W float32 image in [0, 1], or a RawSite (normalised crop by crop).
             crop: the global or local RandomResizedCrop.
             name: how error messages call the image ("image" or "other_site").
 
@@ -157,14 +161,21 @@ class CellDataAugmentation:
             A contiguous C x S x S tensor in [0, 1], float32; in `model` mode a float16 crop and the (height, width)
             of its box in site pixels (what the device needs for site-frame elastic fields).
         """
-        box = crop.sample_params(img)
-        top, left, h, w = box
+        if isinstance(img, RawSite):
+            # Cut first, then convert only the crop's pixels (same values as normalise-then-crop).
+            box = crop.sample_params(torch.empty(1).expand(img.shape))
+            top, left, h, w = box
+            img = img.crop(top, left, h, w)
+            top = left = 0
+        else:
+            box = crop.sample_params(img)
+            top, left, h, w = box
         if self.device == "model":
             x = cheap_resize(img[None, :, top : top + h, left : left + w], crop.size)[0].contiguous()
             # float16 is what upstream's collate casts the crops to anyway; casting here makes the worker's collate
             # stack half the bytes (the device augments in float32, after checking the crops' values).
             return x.half(), torch.tensor([h, w], dtype=torch.float32)
-        x = crop.apply(img, box)
+        x = crop.apply(img, (top, left, h, w))
         if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():
             x = x.clone()  # the steps below write in place
         hflip, vflip = self.flip.sample_params()
@@ -190,8 +201,9 @@ class CellDataAugmentation:
         """Build the multi-crop views of one site (and one view of another site of the same well).
 
         Args:
-            image: C x H x W float tensor in [0, 1].
-            other_site: optional C x H' x W' float tensor in [0, 1], another site of the same well.
+            image: C x H x W float tensor in [0, 1], or a RawSite (the dataset's raw site and its normalisation
+                bounds: only the crops' pixels are converted).
+            other_site: optional C x H' x W' float tensor in [0, 1] or RawSite, another site of the same well.
 
         Returns:
             dict with `global_crops` (2 tensors), `global_crops_teacher` (the same 2), `local_crops`
@@ -200,13 +212,15 @@ class CellDataAugmentation:
         Raises:
             ValueError/TypeError: bad input (see `transforms.check_image`), or other_site with another channel count.
         """
-        # In model mode the crops' intensities are checked on the device, batched (DeviceCellAugmentation).
-        image = check_image(image, "image", values=self.device == "loader")
+        # In model mode the crops' intensities are checked on the device, batched (DeviceCellAugmentation). A RawSite
+        # is in [0, 1] by construction (scaled and clipped).
+        image = image if isinstance(image, RawSite) else check_image(image, "image", values=self.device == "loader")
         global_crops = [self.augment_crop(image, self.global_crop) for _ in range(2)]
         local_crops = [self.augment_crop(image, self.local_crop) for _ in range(self.local_crops_number)]
         other_site_crops = []
         if other_site is not None:
-            other_site = check_image(other_site, "other_site", values=self.device == "loader")
+            if not isinstance(other_site, RawSite):
+                other_site = check_image(other_site, "other_site", values=self.device == "loader")
             if other_site.shape[0] != image.shape[0]:
                 raise ValueError(
                     f"other_site has {other_site.shape[0]} channels but image has {image.shape[0]}: both must be "

@@ -71,6 +71,7 @@ from dinov2_cell.data.intensity import (
     Normalizer,
     PercentileNormalizer,
     PlateNormalizer,
+    RawSite,
     make_normalizer,
     plate_bounds,
 )
@@ -346,6 +347,34 @@ class CPJUMP1Dataset(Dataset):
         # in place when image is a fresh float32 array (division result); read-only store views are copied
         return norm(image, plate, inplace=True)
 
+    def get_site(self, index: int) -> RawSite | torch.Tensor:
+        """Sample ``index`` before normalisation: its pixels and the per-channel bounds its normaliser maps to [0, 1].
+
+        What training reads: the augmentation cuts its crops first and converts only their pixels
+        (:class:`~dinov2_cell.data.intensity.RawSite`), with the same values as cropping :meth:`get_image`.
+
+        Args:
+            index: sample index.
+
+        Returns:
+            A RawSite, or the normalized tensor (as :meth:`get_image`) for a custom normaliser without ``site_bounds``.
+
+        Raises:
+            DataReadError: unreadable input (names the file).
+        """
+        image = self.read_corrected(index)
+        plate = self.plates[int(self._plate_code[index])]
+        norm = self.normalizer
+        bounds = None
+        if type(norm) is PercentileNormalizer and norm.stride is None:
+            bounds = self._reader(index).site_percentiles(int(self._row[index]), (norm.low, norm.high))
+        if bounds is None:
+            try:
+                bounds = norm.site_bounds(image, plate)
+            except NotImplementedError:
+                return norm(image, plate, inplace=True)
+        return RawSite(image, bounds[:, 0], bounds[:, 1])
+
     def other_site_index(self, index: int, rng: Any = None) -> int:
         """A uniformly random other site of the same plate and well (``index`` itself if the well has one site).
 
@@ -380,8 +409,10 @@ class CPJUMP1Dataset(Dataset):
         wants_other = bool(getattr(self.transform, "wants_other_site", False))
         for attempt in range(_MAX_SUBSTITUTIONS + 1):
             try:
-                image = self.get_image(index)
-                other = self.get_image(self.other_site_index(index)) if wants_other else None
+                # Augmentations that crop before converting (CellDataAugmentation) get the raw site and its bounds.
+                read = self.get_site if getattr(self.transform, "accepts_raw_site", False) else self.get_image
+                image = read(index)
+                other = read(self.other_site_index(index)) if wants_other else None
                 break
             except DataReadError as e:
                 if self.on_error == "raise":

@@ -158,6 +158,90 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
     return torch.from_numpy(out)
 
 
+# Tile side of RawSite's deferred conversion: 5 x 128 x 128 float32 (320 KB) stays in a core's L2 cache.
+_TILE = 128
+
+
+class RawSite:
+    """A site before normalisation: its raw pixels and per-channel (low, high), converted to [0, 1] on demand.
+
+    Training only looks at crops, so the dataset hands the augmentation this object instead of the float32 site
+    (``augmentations`` accept either): :meth:`crop` converts just the ``_TILE`` x ``_TILE`` tiles a crop touches,
+    once each (crops of one site overlap), with the same element-wise operations as :func:`scale_to_unit`, so every
+    pixel is bit-identical to normalise-then-crop. ``pixels`` may be a read-only memory map of a prepared store:
+    only the tiles read are paged in.
+
+    Args:
+        pixels: C x H x W array (uint16, or float32 after illumination correction).
+        low: per-channel lower bound, shape (C,).
+        high: per-channel upper bound, shape (C,).
+    """
+
+    def __init__(self, pixels: np.ndarray, low, high):
+        if pixels.ndim != 3:
+            raise ValueError(f"RawSite: expected a C x H x W image, got shape {pixels.shape}")
+        self.pixels = pixels
+        self.low = np.asarray(low, dtype=np.float64).reshape(-1)
+        self.high = np.asarray(high, dtype=np.float64).reshape(-1)
+        if self.low.shape != (pixels.shape[0],) or self.high.shape != (pixels.shape[0],):
+            raise ValueError(
+                f"RawSite: bounds of shape {self.low.shape}/{self.high.shape} for {pixels.shape[0]} channels"
+            )
+        span = self.high - self.low
+        safe = span > 0
+        scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
+        # float32 factors computed exactly as scale_to_unit does, so the results are bit-identical.
+        self._s = scale.astype(np.float32).reshape(-1, 1, 1)
+        self._b = (-self.low * scale).astype(np.float32).reshape(-1, 1, 1)
+        self._out: np.ndarray | None = None
+        self._done: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(self.pixels.shape)
+
+    def _convert(self, r0: int, r1: int, c0: int, c1: int) -> None:
+        if self._out is None:
+            self._out = np.empty(self.pixels.shape, dtype=np.float32)  # pages are only touched when written
+            _, h, w = self.pixels.shape
+            self._done = np.zeros((-(-h // _TILE), -(-w // _TILE)), dtype=bool)
+        for ti in range(r0 // _TILE, -(-r1 // _TILE)):
+            for tj in range(c0 // _TILE, -(-c1 // _TILE)):
+                if self._done[ti, tj]:
+                    continue
+                rs, cs = slice(ti * _TILE, (ti + 1) * _TILE), slice(tj * _TILE, (tj + 1) * _TILE)
+                o = self._out[:, rs, cs]
+                np.copyto(o, self.pixels[:, rs, cs], casting="unsafe")
+                np.multiply(o, self._s, out=o)
+                np.add(o, self._b, out=o)
+                np.clip(o, 0.0, 1.0, out=o)
+                self._done[ti, tj] = True
+
+    def crop(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        """The normalised pixels of a box, float32 in [0, 1] (a view; the caller must not write to it).
+
+        Args:
+            top: first row.
+            left: first column.
+            height: rows.
+            width: columns.
+
+        Returns:
+            float32 tensor C x height x width.
+        """
+        _, h, w = self.pixels.shape
+        if not (0 <= top and 0 <= left and height > 0 and width > 0 and top + height <= h and left + width <= w):
+            raise ValueError(f"RawSite.crop: box ({top}, {left}, {height}, {width}) outside the {h} x {w} site")
+        self._convert(top, top + height, left, left + width)
+        return torch.from_numpy(self._out[:, top : top + height, left : left + width])
+
+    def to_tensor(self) -> torch.Tensor:
+        """The whole normalised site, float32 C x H x W in [0, 1] (what the dataset's get_image returns)."""
+        _, h, w = self.pixels.shape
+        return self.crop(0, 0, h, w)
+
+
 class Normalizer:
     """Base class: maps an (illumination-corrected) C x H x W array of one plate to a float32 tensor in [0, 1]."""
 
@@ -173,6 +257,15 @@ class Normalizer:
 
         Returns:
             float32 tensor C x H x W in [0, 1].
+        """
+        raise NotImplementedError
+
+    def site_bounds(self, image: np.ndarray, plate: str) -> np.ndarray:
+        """The per-channel (low, high) this normaliser maps to (0, 1) for ``image``, as a (C, 2) float64 array.
+
+        Args:
+            image: C x H x W array.
+            plate: plate barcode.
         """
         raise NotImplementedError
 
@@ -199,7 +292,11 @@ class PercentileNormalizer(Normalizer):
         self.stride = stride
 
     def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
-        return self.scale(image, channel_percentiles(image, (self.low, self.high), self.stride), inplace)
+        return self.scale(image, self.site_bounds(image, plate), inplace)
+
+    def site_bounds(self, image: np.ndarray, plate: str) -> np.ndarray:
+        """This image's (low, high) percentiles per channel, (C, 2)."""
+        return channel_percentiles(image, (self.low, self.high), self.stride)
 
     def scale(self, image: np.ndarray, percentiles: np.ndarray, inplace: bool = False) -> torch.Tensor:
         """Scale with this image's (low, high) percentiles already known (e.g. precomputed by a prepared store).
@@ -230,8 +327,13 @@ class BitDepthNormalizer(Normalizer):
         self.bit_depth = int(bit_depth)
 
     def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
+        b = self.site_bounds(image, plate)
+        return scale_to_unit(image, b[:, 0], b[:, 1], inplace)
+
+    def site_bounds(self, image: np.ndarray, plate: str) -> np.ndarray:
+        """(0, 2**bit_depth - 1) for every channel, (C, 2)."""
         c = image.shape[0]
-        return scale_to_unit(image, np.zeros(c), np.full(c, float(2**self.bit_depth - 1)), inplace)
+        return np.stack([np.zeros(c), np.full(c, float(2**self.bit_depth - 1))], axis=1)
 
 
 class PlateNormalizer(Normalizer):
@@ -251,13 +353,18 @@ class PlateNormalizer(Normalizer):
         self.bounds = {p: np.asarray(b, dtype=np.float64) for p, b in bounds.items()}
 
     def __call__(self, image: np.ndarray, plate: str, inplace: bool = False) -> torch.Tensor:
+        b = self.site_bounds(image, plate)
+        return scale_to_unit(image, b[:, 0], b[:, 1], inplace)
+
+    def site_bounds(self, image: np.ndarray, plate: str) -> np.ndarray:
+        """The plate's (low, high) per channel, (C, 2), checked against ``image``'s channel count."""
         try:
             b = self.bounds[plate]
         except KeyError:
             raise KeyError(f"no per-plate normalization statistics for plate {plate!r}") from None
         if b.shape != (image.shape[0], 2):
             raise ValueError(f"plate {plate}: statistics have shape {b.shape}, image has {image.shape[0]} channels")
-        return scale_to_unit(image, b[:, 0], b[:, 1], inplace)
+        return b
 
 
 def plate_bounds(images: Sequence[np.ndarray], low: float, high: float, stride: int | None = None) -> np.ndarray:

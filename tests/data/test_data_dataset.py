@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.data.errors import DataIndexError
+from dinov2_cell.data.intensity import RawSite
 from dinov2_cell.data.readers import read_illum, read_tiff
 
 
@@ -152,3 +153,36 @@ def test_pickles_and_random_differs_across_workers(synth):
 
 def test_repr_and_skip_counter(ds):
     assert "CPJUMP1Dataset" in repr(ds) and ds.skipped == {}
+
+
+@pytest.mark.parametrize("normalize", ["percentile", "plate", "bitdepth"])
+def test_raw_site_crops_equal_get_image_crops(synth, normalize):
+    ds = CPJUMP1Dataset(root=synth.out_dir, channels="DNA,Mito", normalize=normalize, plate_stats_sites=2)
+    for i in (0, 9):
+        site, full = ds.get_site(i), ds.get_image(i)
+        assert site.shape == tuple(full.shape)
+        torch.testing.assert_close(site.crop(3, 5, 20, 17), full[:, 3:23, 5:22], atol=0, rtol=0)
+        torch.testing.assert_close(site.to_tensor(), full, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("device", ["loader", "model"])
+def test_training_sample_through_raw_site_equals_normalise_then_crop(synth, tmp_path, device):
+    # The dataset hands CellDataAugmentation the raw site (its crops converted after cutting); the same seed through
+    # the float get_image path gives the same crops, bit for bit, from TIFFs and from a prepared store.
+    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+    from dinov2_cell.data.prepare import prepare_store
+
+    store = tmp_path / "store"
+    prepare_store(synth.out_dir, store, channels="fluo", progress=False)
+    aug = CellDataAugmentation((0.32, 1.0), (0.05, 0.32), 3, 16, 8, device=device, other_site_view=True)
+    for root in (synth.out_dir, store):
+        ds = CPJUMP1Dataset(root=root, channels="fluo", transform=aug)
+        torch.manual_seed(7)
+        out, _ = ds[4]
+        torch.manual_seed(7)  # same stream: the other site's draw, then the augmentation's
+        j = ds.other_site_index(4)
+        ref = aug(ds.get_image(4), other_site=ds.get_image(j))
+        assert len(out["other_site_crops"]) == 1 and isinstance(ds.get_site(4), RawSite)
+        for key in ("global_crops", "local_crops", "other_site_crops"):
+            for a, b in zip(out[key], ref[key]):
+                torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -86,3 +86,44 @@ def test_bad_normalizer_options(bad):
     name = bad.pop("name")
     with pytest.raises(ValueError):
         make_normalizer(name, **bad)
+
+
+# ------------------------------------------------------------------------------------- deferred normalisation
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_raw_site_crops_equal_normalise_then_crop_bit_for_bit(dtype):
+    from dinov2_cell.data.intensity import RawSite, scale_to_unit
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((3, 300, 270)) * 60000).astype(dtype)
+    low, high = np.array([100.0, 5000.0, 7.0]), np.array([50000.0, 5000.0, 30000.5])  # channel 1: constant -> 0
+    full = scale_to_unit(img, low, high).numpy()
+    site = RawSite(img, low, high)
+    for top, left, h, w in [(0, 0, 300, 270), (13, 200, 100, 70), (128, 128, 1, 1), (250, 0, 50, 129)]:
+        np.testing.assert_array_equal(site.crop(top, left, h, w).numpy(), full[:, top : top + h, left : left + w])
+    np.testing.assert_array_equal(site.to_tensor().numpy(), full)
+
+
+def test_raw_site_converts_only_touched_tiles_once_and_reads_memmaps(tmp_path):
+    from dinov2_cell.data import intensity
+    from dinov2_cell.data.intensity import RawSite, scale_to_unit
+
+    arr = np.lib.format.open_memmap(tmp_path / "s.npy", mode="w+", dtype=np.uint16, shape=(2, 400, 400))
+    arr[:] = np.arange(400, dtype=np.uint16)[None, None, :] * 100
+    arr.flush()
+    ro = np.load(tmp_path / "s.npy", mmap_mode="r")
+    site = RawSite(ro, [0.0, 1000.0], [40000.0, 2000.0])
+    site.crop(10, 10, 20, 20)
+    t = intensity._TILE
+    assert site._done.sum() == 1 and site._done[0, 0]
+    site.crop(t - 5, 0, 10, 10)  # rows straddle two tiles
+    assert site._done.sum() == 2
+    site._out[:, :5, :5] = -1.0  # a converted tile is not converted again
+    assert float(site.crop(0, 0, 5, 5).min()) == -1.0
+    full = scale_to_unit(np.asarray(ro), site.low, site.high).numpy()
+    np.testing.assert_array_equal(site.crop(300, 50, 100, 300).numpy(), full[:, 300:400, 50:350])
+    with pytest.raises(ValueError, match="outside the 400 x 400 site"):
+        site.crop(390, 0, 20, 5)
+    with pytest.raises(ValueError, match="bounds of shape"):
+        RawSite(np.zeros((2, 4, 4), np.uint16), [0.0], [1.0])
