@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/read_sites.py                 # 20 sites of 5 x 1080 x 1080, < 2 minutes on 2 cores
+    python benchmarks/read_sites.py                 # 20 sites of 5 x 1080 x 1080, a few minutes on 2 cores
     python benchmarks/read_sites.py --sites 40 --size 1080 --repeats 5 --workdir /scratch/bench --keep
 
 What it does, in one run (all ratios come from the same run, same files, same machine):
