@@ -184,7 +184,7 @@ class CellDataAugmentation:
         if self.rotate.mode == "right_angles":
             turns, angle = int(angle // 90), 0.0
         dihedral = dihedral_matrix(hflip, vflip, turns)
-        field = self.elastic.sample_params(x.shape[1], x.shape[2], box_hw=(h, w))
+        field = self.elastic.sample_params(x.shape[1], x.shape[2], box_hw=(h, w), any_angle=bool(angle))
         if field is None and not angle:
             x = apply_dihedral(x, dihedral)
             if x.untyped_storage().data_ptr() == img.untyped_storage().data_ptr():

@@ -399,7 +399,10 @@ class DeviceCellAugmentation:
                 # One site-frame field per warped crop (fields of crops that only rotate are zeroed): a single
                 # batched draw whatever the crops' sizes.
                 hw = site_hw.to(dev).float()[idx] if site_hw is not None else torch.tensor([[h, w]] * idx.numel())
-                site_field = site_elastic_field(hw, self.elastic.alpha, self.elastic.sigma, generator=g, device=dev)
+                margin = 0.21 if self.rotate.mode == "any" else 0.0  # flips and quarter turns read inside the box
+                site_field = site_elastic_field(
+                    hw, self.elastic.alpha, self.elastic.sigma, generator=g, device=dev, margin_fraction=margin
+                )
                 site_field.coarse.mul_(e.view(-1, 1, 1, 1).to(site_field.coarse.dtype))
             elif bool(e.any()):
                 field = torch.zeros(idx.numel(), 2, h, w, device=dev)

@@ -634,13 +634,15 @@ def site_elastic_field(
     generator: Optional[torch.Generator] = None,
     device: Optional[torch.device] = None,
     min_coarse_sigma: float = 6.0,
+    margin_fraction: float = 0.21,
 ) -> SiteField:
     """Independent elastic fields alpha * (G_sigma * N(0, 1)) in site pixels over the boxes of N crops.
 
     Same construction as `elastic_displacement` (noise on a grid of stride floor(sigma / min_coarse_sigma) site
     pixels, Gaussian of sigma / stride coarse pixels, scaled by alpha / stride, bilinear interpolation), hence the
     same statistics in site pixels: std alpha / (2 sigma sqrt(pi)), autocorrelation exp(-r^2 / (4 sigma^2)). The grid
-    covers each box plus a margin of 21 % of its longer side (what a rotation by any angle reads beyond the box).
+    covers each box plus a margin of `margin_fraction` of its longer side (0.21: what a rotation by any angle reads
+    beyond the box; 0 is enough for flips and right-angle turns, and draws about half the noise).
 
     Args:
         box_hw: N x 2 (height, width) of the crops' boxes in site pixels.
@@ -649,6 +651,7 @@ def site_elastic_field(
         generator: random generator (None: torch's global RNG).
         device: device of the fields.
         min_coarse_sigma: smallest smoothing std, in coarse pixels, allowed by the choice of stride.
+        margin_fraction: margin around the boxes, as a fraction of the longer box side.
 
     Returns:
         A SiteField.
@@ -659,7 +662,7 @@ def site_elastic_field(
     kern = _gaussian_kernel1d(sigma / s).to(device)
     rad = (kern.numel() - 1) // 2
     h_max, w_max = float(box_hw[:, 0].max()), float(box_hw[:, 1].max())
-    margin = int(math.ceil(0.21 * max(h_max, w_max) / s))
+    margin = int(math.ceil(margin_fraction * max(h_max, w_max) / s))
     nh = int(math.ceil(h_max / s)) + 1 + 2 * margin
     nw = int(math.ceil(w_max / s)) + 1 + 2 * margin
     noise = torch.randn(2 * n, 1, nh + 2 * rad, nw + 2 * rad, generator=generator, device=device)
@@ -693,7 +696,9 @@ class ElasticDeform:
         """Per-pixel std of each displacement component: alpha / (2 sigma sqrt(pi))."""
         return self.alpha / (2 * self.sigma * math.sqrt(math.pi))
 
-    def sample_params(self, height: int, width: int, box_hw: Optional[Tuple[float, float]] = None):
+    def sample_params(
+        self, height: int, width: int, box_hw: Optional[Tuple[float, float]] = None, any_angle: bool = True
+    ):
         """Draw the field, or None when the crop is not deformed (or alpha = 0).
 
         Args:
@@ -701,6 +706,8 @@ class ElasticDeform:
             width: W of the crop in its pixels.
             box_hw: (height, width) of the box the crop was cut from, in site pixels (frame "site"; None: the crop
                 is the whole site at site resolution).
+            any_angle: the crop may be read at arbitrary-angle rotated positions (frame "site": the field then covers
+                a margin around the box).
 
         Returns:
             None, a 2 x H x W displacement in crop pixels (frame "crop"), or a SiteField (frame "site").
@@ -708,7 +715,8 @@ class ElasticDeform:
         if not _coin(self.p) or self.alpha == 0:
             return None
         if self.frame == "site":
-            return site_elastic_field([box_hw if box_hw is not None else (height, width)], self.alpha, self.sigma)
+            box = [box_hw if box_hw is not None else (height, width)]
+            return site_elastic_field(box, self.alpha, self.sigma, margin_fraction=0.21 if any_angle else 0.0)
         return elastic_displacement(height, width, self.alpha, self.sigma)
 
     def apply(self, img: torch.Tensor, params) -> torch.Tensor:

@@ -32,11 +32,13 @@ def _crop_px_displacement(field: SiteField, n: int) -> np.ndarray:
     return (field.displacement(grid) * (n / 2.0)).permute(0, 3, 1, 2).numpy()
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.21])
 @pytest.mark.parametrize("box_hw,n", [((64, 64), 64), ((240, 180), 98), ((30, 40), 56)])
-def test_site_field_is_the_site_grid_read_at_crop_pixels(box_hw, n):
+def test_site_field_is_the_site_grid_read_at_crop_pixels(box_hw, n, margin):
     # Independent reference: scipy's order-1 interpolation of the coarse grid at each crop pixel's site position,
     # converted to crop pixels (x n / w, y n / h).
-    f = site_elastic_field(torch.tensor([box_hw]), alpha=300.0, sigma=13.0)
+    f = site_elastic_field(torch.tensor([box_hw]), alpha=300.0, sigma=13.0, margin_fraction=margin)
+    assert (f.margin == 0) == (margin == 0)
     h, w = box_hw
     ours = _crop_px_displacement(f, n)[0]
     j, i = np.meshgrid(np.arange(n) + 0.5, np.arange(n) + 0.5, indexing="xy")
