@@ -29,6 +29,9 @@ selection; the merged table has no NaN.
 Bad sites are skipped and counted per reason in the plate's ``stats.json`` (an empty site: no nucleus; a saturated
 channel; a blank channel; an unreadable file, whose error names the site); a well whose sites are all skipped is
 left out and counted. ``--on-bad-site error`` stops at the first one instead, naming the site.
+
+``--sites-per-well N`` measures only the first N sites of each well (in site-number order, among the sites present)
+when the full plate would cost too much (the demo); the limit is part of the run's recorded settings.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from dinov2_cell.cli import (
     common_parser,
     data_parser,
     output_parser,
+    positive_int,
     run_main,
     setup_logging,
     workers_parser,
@@ -311,6 +315,7 @@ class CellProfilerFeaturiser(BaseFeaturiser):
         num_workers: worker processes over wells (0: in this process).
         on_bad_site: ``"skip"`` (count and go on) or ``"error"``.
         diameter_sites: sites read per plate to estimate the nucleus size.
+        sites_per_well: measure only the first N sites of each well, in site-number order (``None``: all).
         progress: progress bar over wells.
     """
 
@@ -324,10 +329,14 @@ class CellProfilerFeaturiser(BaseFeaturiser):
         num_workers: int = 0,
         on_bad_site: str = "skip",
         diameter_sites: int = 8,
+        sites_per_well: int | None = None,
         progress: bool = True,
     ):
         if on_bad_site not in BAD_SITE_POLICIES:
             raise ValueError(f"unknown bad-site policy {on_bad_site!r}; choose from {BAD_SITE_POLICIES}")
+        if sites_per_well is not None and int(sites_per_well) < 1:
+            raise ValueError(f"sites_per_well must be >= 1 (or None for all sites), got {sites_per_well}")
+        self.sites_per_well = None if sites_per_well is None else int(sites_per_well)
         self.segmentation = segmentation or SegmentationSettings()
         self.measure = measure
         self.recipe = recipe
@@ -338,7 +347,7 @@ class CellProfilerFeaturiser(BaseFeaturiser):
 
     def describe(self) -> dict:
         """JSON-able settings (recorded in the run config; a change refuses reuse of an output folder)."""
-        return {
+        out = {
             "segmentation": (
                 self.segmentation.describe()
                 if self.segmentation.nucleus_diameter is not None
@@ -351,6 +360,27 @@ class CellProfilerFeaturiser(BaseFeaturiser):
             "on_bad_site": self.on_bad_site,
             "diameter_sites": self.diameter_sites,
         }
+        # Recorded only when set, so folders of full-plate runs made before the option existed stay reusable.
+        if self.sites_per_well is not None:
+            out["sites_per_well"] = self.sites_per_well
+        return out
+
+    def select_sites(self, index: pd.DataFrame) -> list[tuple[str, list[int]]]:
+        """Sites to measure, per well: all of them, or the first ``sites_per_well`` in site-number order.
+
+        Args:
+            index: the plate's site table (:func:`~dinov2_cell.profiles.driver.site_index`).
+
+        Returns:
+            [(well, dataset indices)], wells sorted.
+        """
+        order = index.assign(_site=pd.to_numeric(index[SITE], errors="coerce"), _row=np.arange(len(index)))
+        order = order.sort_values([WELL, "_site", "_row"], kind="stable")
+        tasks = []
+        for well, rows in order.groupby(WELL, sort=True)["_row"]:
+            picked = [int(i) for i in rows]
+            tasks.append((well, picked if self.sites_per_well is None else picked[: self.sites_per_well]))
+        return tasks
 
     def open_plate(self, source: PlateSource, plate: str):
         """The plate's fluorescent channels, illumination-corrected and scaled by the bit depth.
@@ -403,8 +433,7 @@ class CellProfilerFeaturiser(BaseFeaturiser):
         """
         seg = self.plate_segmentation(dataset)
         index = site_index(dataset)
-        groups = index.groupby(WELL, sort=True).indices
-        tasks = [(well, [int(i) for i in idx]) for well, idx in groups.items()]
+        tasks = self.select_sites(index)
         rows, skips = [], Counter()
         dropped_wells = []
         with _WellRunner(dataset, seg, self.measure, self.on_bad_site, self.num_workers) as runner:
@@ -423,6 +452,7 @@ class CellProfilerFeaturiser(BaseFeaturiser):
             logger.warning("plate %s: skipped sites %s; wells left out: %d", plate, dict(skips), len(dropped_wells))
         table.attrs["stats"] = {
             "sites": int(len(index)),
+            "sites_selected": int(sum(len(idx) for _, idx in tasks)),
             "sites_skipped": {k: int(v) for k, v in sorted(skips.items())},
             "wells": int(len(table)),
             "wells_left_out": dropped_wells,
@@ -575,6 +605,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A,B",
         help=f"colocalization measures of the correlation family, from {','.join(CORRELATIONS)} (costes is slow)",
     )
+    g.add_argument(
+        "--sites-per-well",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="measure only the first N sites of each well, in site order (default: all sites)",
+    )
     g.add_argument("--normalize", choices=NORMALIZE_METHODS, default="mad_robustize", help="per-plate, DMSO reference")
     g.add_argument("--on-bad-site", choices=BAD_SITE_POLICIES, default="skip", help="empty/saturated/unreadable site")
     g.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1)")
@@ -600,6 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recipe=RecipeSettings(normalize=args.normalize),
         num_workers=args.num_workers,
         on_bad_site=args.on_bad_site,
+        sites_per_well=args.sites_per_well,
         progress=not args.no_progress,
     )
     if not os.path.exists(args.data_root):

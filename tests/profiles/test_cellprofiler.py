@@ -295,6 +295,10 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
     changed = cmd[:-5] + ["--families", "intensity", "--no-progress"]
     r3 = subprocess.run(changed, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r3.returncode == 2 and "error:" in r3.stderr and "differ" in r3.stderr
+    # a site limit is part of the recorded settings: the full-plate folder is not reused for it
+    fewer = cmd[:-1] + ["--sites-per-well", "1", "--no-progress"]
+    r5 = subprocess.run(fewer, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r5.returncode == 2 and "differ" in r5.stderr and "sites_per_well" in r5.stderr
     r4 = subprocess.run(
         cmd[:3] + ["--data-root", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
         capture_output=True,
@@ -326,3 +330,42 @@ def test_correlation_subset(measured):
     np.testing.assert_allclose(table["Cells_Correlation_Pearson_DNA_ER"], full["Cells_Correlation_Pearson_DNA_ER"])
     with pytest.raises(ValueError, match="correlation"):
         MeasureSettings(correlations=("kendall",))
+
+
+def test_select_sites_takes_the_first_sites_in_site_order():
+    index = pd.DataFrame(
+        {
+            "Metadata_Plate": ["P"] * 7,
+            "Metadata_Well": ["B02", "A01", "A01", "B02", "A01", "B02", "C03"],
+            "Metadata_Site": [9, 3, 1, 2, 10, 4, 5],
+        }
+    )
+    assert CellProfilerFeaturiser(sites_per_well=2).select_sites(index) == [
+        ("A01", [2, 1]),
+        ("B02", [3, 5]),
+        ("C03", [6]),
+    ]
+    assert CellProfilerFeaturiser().select_sites(index) == [("A01", [2, 1, 4]), ("B02", [3, 5, 0]), ("C03", [6])]
+    assert "sites_per_well" not in CellProfilerFeaturiser().describe()
+    assert CellProfilerFeaturiser(sites_per_well=3).describe()["sites_per_well"] == 3
+    with pytest.raises(ValueError, match="sites_per_well"):
+        CellProfilerFeaturiser(sites_per_well=0)
+
+
+def test_sites_per_well_measures_only_the_first_site(tiny_plates):
+    from dinov2_cell.profiles.driver import PlateSource, site_index
+
+    feat = CellProfilerFeaturiser(measure=FAST, sites_per_well=1, progress=False)
+    ds = feat.open_plate(PlateSource(tiny_plates, channels="fluo"), "BR00116991")
+    table = feat.featurise_plate("BR00116991", ds)
+    assert table.attrs["stats"]["sites_selected"] == 6 and (table["Metadata_n_sites"] == "1").all()
+    # the row of a well = the median of the objects of its lowest-numbered site, measured by hand
+    index = site_index(ds)
+    well = table["Metadata_Well"].iloc[0]
+    first = int(index[index["Metadata_Well"] == well].sort_values("Metadata_Site").index[0])
+    img = np.asarray(ds.get_image(first), dtype=np.float64)
+    masks = segment_site(img, list(ds.channel_names), feat.plate_segmentation(ds))
+    expected = _aggregate_well(measure_objects(img, list(ds.channel_names), masks, FAST), "BR00116991", well)
+    got = table[table["Metadata_Well"] == well]
+    feats = [c for c in expected.columns if not c.startswith("Metadata_")]
+    np.testing.assert_allclose(got[feats].to_numpy(float), expected[feats].to_numpy(float))
