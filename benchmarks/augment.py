@@ -17,7 +17,8 @@ one collated batch on --device (the CPU here; on a GPU node run it with --device
 `--elastic-frames`: what `augmentations.elastic_frame` changes at paper settings (no timing): per crop type and
 frame, the elastic field's displacement std in crop and in site pixels, its correlation length (sigma) in site
 pixels, the mean strain |grad d| (the per-cell shape change) and the share of output pixels read from outside the
-crop (mirrored content at the reflected border), over crops drawn with the paper's crop sampler.
+crop (mirrored content at the reflected border), over crops drawn with the paper's crop sampler; then the CPU
+time per sample of the loader-mode pipeline in each frame with elastic_p = 1.
 
     .venv/bin/python benchmarks/augment.py --elastic-frames [--samples 200]
 """
@@ -207,6 +208,28 @@ def _elastic_frames(crops, sizes, site: int, samples: int) -> None:
                 f"  {kind} {size:4d} px  {frame:5s}  {np.mean(std_c):20.2f}  {np.mean(std_s):7.2f}  "
                 f"{np.mean(sig_s):13.1f}  {np.mean(strain):13.3f}  {100 * np.mean(outside):16.1f} %"
             )
+
+    # CPU cost of the two frames: the loader-mode pipeline with elastic_p = 1, alternating rounds (process time).
+    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+
+    site_img = _cell_like(5, site, 1)
+    augs = {
+        f: CellDataAugmentation(**crops, **sizes, other_site_view=False, elastic_p=1.0, elastic_frame=f)
+        for f in ("crop", "site")
+    }
+    spent = {f: 0.0 for f in augs}
+    rounds = max(2, samples // 20)
+    for r in range(rounds):
+        for f, aug in augs.items():
+            torch.manual_seed(r)
+            t0 = time.process_time()
+            aug(site_img)
+            spent[f] += time.process_time() - t0
+    ms = {f: 1000 * v / rounds for f, v in spent.items()}
+    print(
+        f"  CPU per sample, elastic_p=1 (1 thread, {rounds} alternating rounds): crop {ms['crop']:.1f} ms, "
+        f"site {ms['site']:.1f} ms ({ms['site'] / ms['crop']:.2f}x)"
+    )
 
 
 def main() -> None:
