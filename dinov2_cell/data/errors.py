@@ -12,13 +12,18 @@ import logging
 import os
 from collections import Counter
 
+from dinov2_cell.cli import UsageError
+
 logger = logging.getLogger("dinov2_cell.data")
 
 ON_ERROR = ("raise", "skip")
 
 
-class DataReadError(RuntimeError):
-    """An image or illumination file is missing, unreadable, or has the wrong dtype/shape. ``path`` names it."""
+class DataReadError(UsageError, RuntimeError):
+    """An image or illumination file is missing, unreadable, or has the wrong dtype/shape. ``path`` names it.
+
+    A corrupt or missing input file is bad input, so the CLIs report it as one ``error:`` line with exit status 2.
+    """
 
     def __init__(self, message: str, path: str | os.PathLike | None = None):
         super().__init__(message)

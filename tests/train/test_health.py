@@ -193,9 +193,13 @@ def test_a_collapsing_config_is_flagged_and_the_tiny_config_is_not(plates, tmp_p
     rows, log = _train(plates, tmp_path / "tiny")
     health_rows = [r for r in rows if "health_rankme" in r]
     assert len(health_rows) == 3
+    # Only the uniform collapse is asserted absent: in a 20-iteration run on 8 wells the DINO centre (momentum 0.9,
+    # starting at zero) has not caught up yet, so the teacher's batch-mean entropy is still low (measured 0.09 log K
+    # at iteration 19); in the demo's 400-iteration run it rises to 0.55-0.73 log K from iteration 160 on.
     for r in health_rows:
-        assert health.collapse_flags(r) == [], r
+        assert not [f for f in health.collapse_flags(r) if "uniform collapse" in f], r
         assert 0 < r["health_la_target_entropy_frac"] < 1
+    assert health_rows[-1]["health_teacher_entropy_frac"] < last["health_teacher_entropy_frac"] - 0.2
     assert "uniform collapse" not in log
 
     # the same training without diagnostics: identical losses (they touch no random state and no weights)
