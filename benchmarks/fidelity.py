@@ -104,7 +104,7 @@ PRESETS = {
     "toy": dict(plates_per_line=2, wells=24, size=64, epochs=1, seeds="0,1", overrides=[], workers=1),
     "cpu": dict(plates_per_line=3, wells=64, size=96, epochs=15, seeds="0,1,2", overrides=[], workers=1),
     # One H200 with 16 CPU cores, sized for one 8-minute run from an ESTIMATE (not run yet: the session that wrote it
-    # had no GPU): a 4-layer 192-wide ViT, 112 px global / 48 px local crops, batch 32 (4x the CPU batch), 100
+    # had no GPU): a 4-layer 192-wide ViT, 112 px global / 56 px local crops, batch 32 (4x the CPU batch), 100
     # iterations per model, 128 wells at 128 px, rendering and the classical features on 16 processes. The run is
     # resumable, so a second call on the same --out continues if the first one is cut short.
     "gpu": dict(
@@ -116,7 +116,7 @@ PRESETS = {
         overrides=[
             "student.arch=vit_cell_mini",
             "crops.global_crops_size=112",
-            "crops.local_crops_size=48",
+            "crops.local_crops_size=56",
             "train.batch_size_per_gpu=32",
             "train.num_workers=8",
         ],
@@ -275,12 +275,13 @@ def format_markdown(summary: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict, path: str) -> None:
+def plot(summary: dict, path: str, chance: float | None = None) -> None:
     """PNG: kNN mean and mAP activity per arm with 95 % t intervals, and the paired direction differences.
 
     Args:
         summary: :func:`summarise` output.
         path: PNG path (written atomically).
+        chance: kNN chance level (1 / number of compounds), drawn when given.
     """
     import matplotlib
 
@@ -298,6 +299,9 @@ def plot(summary: dict, path: str) -> None:
         mean = [100 * c["mean"] for c in cis]
         err = [0 if math.isnan(c["half_width"]) else 100 * c["half_width"] for c in cis]
         ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3)
+        if chance and m == "knn_mean":
+            ax.axvline(100 * chance, color="k", ls=":", lw=0.8, label="chance")
+            ax.legend(fontsize=8)
         ax.set_yticks(y, arms)
         ax.invert_yaxis()
         ax.set_title(title + ", 95 % t CI over seeds")
@@ -547,7 +551,7 @@ def write_report(args, timings_by_seed: dict) -> str:
     md_path = os.path.join(args.out, "fidelity.md")
     write_text(md_path, format_markdown(summary, meta) + "\n![fidelity](fidelity.png)\n")
     if results:
-        plot(summary, os.path.join(args.out, "fidelity.png"))
+        plot(summary, os.path.join(args.out, "fidelity.png"), meta["chance"])
     return md_path
 
 
