@@ -6,7 +6,9 @@ Steps (each resumable: re-running skips what is complete):
    and without it (`local_aggregation.loss_weight=0`) -> OUT/runs/{fluo,bf}_{la,nola}
 3. a randomly initialised ViT of the same architecture (the "no training" control) -> OUT/runs/{fluo,bf}_random
 4. well profiles (`dinov2_cell.embed`: CLS + mean patch token per site, sites concatenated on the 3x3 grid,
-   fluorescent + brightfield) for the three ViT variants, and classical per-channel intensity/texture features
+   fluorescent + brightfield) for the three ViT variants, and CellProfiler features (the classical baseline:
+   segmentation + cp_measure on the first sites of each well, pycytominer's per-plate DMSO normalisation and
+   feature selection, through the CellProfiler featuriser of the profiling driver)
 5. the challenge kNN protocol (4 train->test cell-line combinations) and copairs mAP for each
 6. a kNN probe of the fluorescent local-aggregation teacher at checkpoints along its run
 7. a report (Markdown + PNG): loss and training-health curves, the kNN probe curve, kNN per combination, a 2-D
@@ -31,19 +33,23 @@ MODELS = {
     "ssl_local_aggregation": "SSL, local aggregation (the method)",
     "ssl_no_local_aggregation": "SSL, local aggregation off",
     "random_init": "random-init ViT (no training)",
-    "classical": "classical intensity/texture features",
+    "cellprofiler": "CellProfiler features (cp_measure + pycytominer)",
 }
+# The CellProfiler baseline's cost decides its settings. Measured per 96 px site of the demo's plates (one thread,
+# shared machine): Costes' colocalization alone ~5 s; segmentation + every other family except the intensity
+# Zernike moments 0.59 CPU s, so the demo's ~2000 sites would still need ~10 min of 2 cores. Hence: every core
+# family except the intensity Zernikes, colocalization without Costes, the first --cp-sites-per-well sites of a well.
+CP_FAMILIES = ("intensity", "sizeshape", "texture", "granularity", "radial_distribution", "correlation")
+CP_CORRELATIONS = ("pearson", "manders_fold", "rwc")
 # Two plates per cell line (plate-wise folds become leave-one-plate-out); BR00117015 is imaged with 16 sites per well.
 DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
-# Teacher checkpoints of the fluorescent local-aggregation run probed with kNN (plus its random-init control at 0).
-PROBE_CHECKPOINTS = 4
 HEALTH_RUNS = {"fluo_la": "fluo, LA", "fluo_nola": "fluo, no LA", "bf_la": "bf, LA", "bf_nola": "bf, no LA"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Demo options; the defaults take about 3 minutes on 2 CPU cores."""
-    from dinov2_cell.cli import comma_list, common_parser, positive_int
+    from dinov2_cell.cli import comma_list, common_parser, non_negative_int, positive_int
 
     p = argparse.ArgumentParser(
         prog="python -m dinov2_cell.demo",
@@ -68,7 +74,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--null-size", type=positive_int, default=2000, help="copairs null size for the mAP p-values (default 2000)"
     )
+    p.add_argument(
+        "--probe-checkpoints",
+        type=positive_int,
+        default=4,
+        help="teacher checkpoints of the fluorescent local-aggregation run probed with kNN (default 4)",
+    )
+    p.add_argument(
+        "--cp-sites-per-well",
+        type=positive_int,
+        default=3,
+        metavar="N",
+        help="CellProfiler features from the first N sites of each well (default 3; all sites would need ~10 min "
+        "of 2 cores)",
+    )
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=2,
+        help="worker processes of the CellProfiler features (default 2)",
+    )
     return p
+
+
+def model_label(name: str, args) -> str:
+    """The table label of a model variant (the CellProfiler one says which sites it measured).
+
+    Args:
+        name: key of :data:`MODELS`.
+        args: the demo's arguments.
+
+    Returns:
+        The label.
+    """
+    if name == "cellprofiler":
+        return f"{MODELS[name]}, {args.cp_sites_per_well} sites/well"
+    return MODELS[name]
 
 
 def _run(cmd: list[str], log_path: str) -> None:
@@ -134,14 +175,14 @@ def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
 
 
 def probe_period(args, config_file: str) -> int:
-    """Iterations between the teacher checkpoints of the kNN probe (PROBE_CHECKPOINTS along the run)."""
+    """Iterations between the teacher checkpoints of the kNN probe (``--probe-checkpoints`` along the run)."""
     from omegaconf import OmegaConf
 
     from dinov2_cell.train.config import resolve_config_file
 
     cfg = OmegaConf.load(resolve_config_file(config_file))
     epochs = args.epochs if args.epochs is not None else int(cfg.optim.epochs)
-    return max(1, epochs * int(cfg.train.OFFICIAL_EPOCH_LENGTH) // PROBE_CHECKPOINTS)
+    return max(1, epochs * int(cfg.train.OFFICIAL_EPOCH_LENGTH) // args.probe_checkpoints)
 
 
 def checkpoint_probe(args, plates_dir: str, run: str, random_run: str, out: str) -> list[dict]:
@@ -203,10 +244,9 @@ def random_init_run(trained_run: str, out: str, seed: int) -> str:
     return out
 
 
-def profiles(args, plates_dir: str, runs: dict[str, str], out: str) -> dict[str, str]:
+def profiles(args, plates_dir: str, runs: dict[str, str], out: str, elapsed: dict | None = None) -> dict[str, str]:
     """Step 4: well profiles of every model variant (fluorescent + brightfield concatenated)."""
     from dinov2_cell.embed import embed_plates
-    from dinov2_cell.profiles.baseline import baseline_profiles
 
     paths = {}
     pairs = {
@@ -221,7 +261,20 @@ def profiles(args, plates_dir: str, runs: dict[str, str], out: str) -> dict[str,
         )
         logger.info("profiles %s: %s (%.0f s)", name, paths[name], time.time() - t0)
     # A finished run is not recomputed: the driver skips plates with a part and keeps a merged table of them.
-    paths["classical"] = baseline_profiles(plates_dir, os.path.join(out, "classical"), progress=not args.no_progress)
+    # The user-facing CLI in its own process: its worker pool then forks a process that has not run torch.
+    t0 = time.time()
+    cp_out = os.path.join(out, "cellprofiler")
+    cmd = [sys.executable, "-m", "dinov2_cell.profiles.cellprofiler", "--data-root", plates_dir, "--out", cp_out]
+    cmd += ["--families", ",".join(CP_FAMILIES), "--correlations", ",".join(CP_CORRELATIONS)]
+    cmd += ["--sites-per-well", str(args.cp_sites_per_well), "--num-workers", str(args.num_workers), "--no-progress"]
+    os.makedirs(out, exist_ok=True)
+    _run(cmd, os.path.join(out, "cellprofiler.log"))
+    paths["cellprofiler"] = os.path.join(cp_out, "profiles.parquet")
+    logger.info("profiles cellprofiler: %s (%.0f s)", paths["cellprofiler"], time.time() - t0)
+    if elapsed is not None:
+        elapsed[f"CellProfiler features ({args.cp_sites_per_well} sites/well, {args.num_workers} workers)"] = (
+            time.time() - t0
+        )
     return paths
 
 
@@ -240,6 +293,7 @@ def evaluate_all(args, paths: dict[str, str], out: str) -> dict:
         write_outputs(knn, os.path.join(out, name), map_result=mp, overwrite=True)
         labels = df.loc[df["Metadata_pert_iname"] != "DMSO", "Metadata_broad_sample"]
         results[name] = {
+            "label": model_label(name, args),
             "knn": knn,
             "map": {k: mp[k]["summary"] for k in ("activity", "consistency")},
             "chance": 1.0 / max(labels.nunique(), 1),
@@ -252,23 +306,31 @@ def _map_cell(summary: dict) -> str:
     return "-" if not values else f"{100 * sum(values) / len(values):.0f}"
 
 
+LABEL_WIDTH = 64
+
+
 def format_results(results: dict) -> str:
     """The comparison table printed at the end (kNN accuracy %, fraction retrieved by mAP %)."""
-    head = f"{'model':<40}{'kNN mean':>9}" + "".join(f"{c:>12}" for c in COMBINATIONS)
+    head = f"{'model':<{LABEL_WIDTH}}{'kNN mean':>9}" + "".join(f"{c:>12}" for c in COMBINATIONS)
     head += f"{'mAP act.':>10}{'mAP cons.':>10}"
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         combos = r["knn"]["combinations"]
-        row = f"{MODELS[name]:<40}{100 * r['knn']['mean']['accuracy']:>9.1f}"
+        row = f"{r.get('label', MODELS[name]):<{LABEL_WIDTH}}{100 * r['knn']['mean']['accuracy']:>9.1f}"
         row += "".join(f"{100 * combos[c]['accuracy']:>12.1f}" if c in combos else f"{'-':>12}" for c in COMBINATIONS)
         row += f"{_map_cell(r['map']['activity']):>10}{_map_cell(r['map']['consistency']):>10}"
         lines.append(row)
     chance = next(iter(results.values()))["chance"]
-    lines.append(f"{'chance (1 / number of compounds)':<40}{100 * chance:>9.1f}")
+    lines.append(f"{'chance (1 / number of compounds)':<{LABEL_WIDTH}}{100 * chance:>9.1f}")
     lines.append(
         "kNN: top-1 compound accuracy %, DMSO omitted, plate-wise folds; mAP: % of compounds retrieved at "
         "corrected p < 0.05 (activity: vs DMSO; consistency: same target, all compounds)"
     )
+    if "cellprofiler" in results:
+        lines.append(
+            f"CellProfiler: families {', '.join(CP_FAMILIES)} (colocalization: {', '.join(CP_CORRELATIONS)}; no "
+            "Costes, no intensity Zernikes), median per well, per-plate mad_robustize vs DMSO, feature selection"
+        )
     return "\n".join(lines)
 
 
@@ -356,7 +418,7 @@ def report(
     width = 0.8 / len(results)
     for i, (name, r) in enumerate(results.items()):
         vals = [100 * r["knn"]["combinations"].get(c, {}).get("accuracy", np.nan) for c in COMBINATIONS]
-        ax.bar(np.arange(len(COMBINATIONS)) + i * width, vals, width, label=MODELS[name])
+        ax.bar(np.arange(len(COMBINATIONS)) + i * width, vals, width, label=r.get("label", MODELS[name]))
     ax.axhline(100 * next(iter(results.values()))["chance"], color="k", ls=":", label="chance")
     ax.set_xticks(np.arange(len(COMBINATIONS)) + width * (len(results) - 1) / 2, COMBINATIONS)
     ax.set_ylabel("kNN accuracy (%)")
@@ -457,8 +519,8 @@ def run_demo(args) -> dict:
             runs[f"{group}_la"], os.path.join(runs_dir, f"{group}_random"), args.seed
         )
     t0 = time.time()
-    paths = profiles(args, plates_dir, runs, os.path.join(out, "profiles"))
-    elapsed["profiles (3 ViT variants + classical)"] = time.time() - t0
+    paths = profiles(args, plates_dir, runs, os.path.join(out, "profiles"), elapsed)
+    elapsed["profiles (3 ViT variants + CellProfiler)"] = time.time() - t0
     t0 = time.time()
     probe = checkpoint_probe(
         args, plates_dir, runs["fluo_la"], runs["fluo_random"], os.path.join(out, "profiles", "checkpoint_probe")
