@@ -380,6 +380,7 @@ class SeedPipeline:
         if os.path.isfile(os.path.join(out, "eval", "final", "teacher_checkpoint.pth")):
             return out
         os.makedirs(self.runs_dir, exist_ok=True)
+        self.plates()  # before the clock starts: plate generation is timed on its own
         t0 = time.time()
         if name in RANDOM:
             from dinov2_cell.train.config import build_config, write_config
