@@ -62,7 +62,25 @@ def check_image(img: torch.Tensor, name: str = "image", values: bool = True) -> 
     # Per-channel min and max propagate NaN, so they give the NaN/inf check and the range check in two cheap passes
     # (aminmax and isfinite are ~10x slower on CPU).
     flat = img.reshape(img.shape[0], -1)
-    lo, hi = flat.amin(dim=1), flat.amax(dim=1)
+    if check_channel_range(name, flat.amin(dim=1), flat.amax(dim=1)):
+        img = img.clamp(0.0, 1.0)
+    return img
+
+
+def check_channel_range(name: str, lo: torch.Tensor, hi: torch.Tensor) -> bool:
+    """Check per-channel minima and maxima of an image or a batch (NaN/inf, then the [0, 1] range with 1e-3 slack).
+
+    Args:
+        name: what to call the input in error messages.
+        lo: per-channel minimum (NaN propagates into it).
+        hi: per-channel maximum.
+
+    Returns:
+        Whether values lie slightly outside [0, 1], so the caller should clamp.
+
+    Raises:
+        ValueError: a channel holds NaN/inf, or lies outside [0, 1] by more than 1e-3 (the message names it).
+    """
     bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
     if bad.any():
         channels = bad.nonzero().flatten().tolist()
@@ -73,9 +91,7 @@ def check_image(img: torch.Tensor, name: str = "image", values: bool = True) -> 
         raise ValueError(
             f"{name}: intensities must lie in [0, 1]; channel {c} spans [{float(lo[c]):.4g}, {float(hi[c]):.4g}]"
         )
-    if bool((lo < 0).any() or (hi > 1).any()):
-        img = img.clamp(0.0, 1.0)
-    return img
+    return bool((lo < 0).any() or (hi > 1).any())
 
 
 # ----------------------------------------------------------------------------------------------------- crops

@@ -25,6 +25,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn.functional as F
 
+from dinov2_cell.augment.checks import check_channel_range
 from dinov2_cell.augment.transforms import (
     ChannelJitter,
     ElasticDeform,
@@ -258,17 +259,7 @@ def check_crops(x: torch.Tensor, name: str) -> torch.Tensor:
     """
     lo, hi = x.amin(dim=(0, 2, 3)), x.amax(dim=(0, 2, 3))  # NaN propagates through both
     lo_hi = torch.stack([lo, hi]).cpu()
-    lo, hi = lo_hi[0], lo_hi[1]
-    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
-    if bad.any():
-        raise ValueError(f"{name}: channel(s) {bad.nonzero().flatten().tolist()} contain NaN or inf values")
-    tol = 1e-3
-    if bool((lo < -tol).any() or (hi > 1 + tol).any()):
-        c = int(torch.maximum(-lo, hi - 1).argmax())
-        raise ValueError(
-            f"{name}: intensities must lie in [0, 1]; channel {c} spans [{float(lo[c]):.4g}, {float(hi[c]):.4g}]"
-        )
-    if bool((lo < 0).any() or (hi > 1).any()):
+    if check_channel_range(name, lo_hi[0], lo_hi[1]):
         x = x.clamp(0.0, 1.0)
     return x
 
