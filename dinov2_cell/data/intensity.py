@@ -92,7 +92,11 @@ def _percentiles(values: np.ndarray, q: np.ndarray) -> np.ndarray:
         hi = np.minimum(lo + 1, n - 1)
         v_lo = np.searchsorted(cum, lo, side="right").astype(np.float64)
         v_hi = np.searchsorted(cum, hi, side="right").astype(np.float64)
-        return v_lo + (pos - lo) * (v_hi - v_lo)
+        # numpy's "linear" interpolation rule, operation for operation (from the upper neighbour when the weight is
+        # >= 0.5), so the result equals np.percentile exactly rather than to the last bit.
+        t = pos - lo
+        diff = v_hi - v_lo
+        return np.where(t >= 0.5, v_hi - diff * (1 - t), v_lo + diff * t)
     return np.percentile(flat.astype(np.float64, copy=False), q)
 
 
@@ -116,10 +120,11 @@ def apply_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarray:
 def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.Tensor:
     """``clip((x - low) / (high - low), 0, 1)`` per channel, as a float32 tensor.
 
-    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. Computed with numpy in place
-    on one float32 buffer (convert, multiply, add, clip), block by block so that each block stays in the CPU cache
-    through the four operations: on a 5 x 1080 x 1080 site this is faster and far less variable than the equivalent
-    torch ops under CPU contention with DataLoader workers.
+    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. Computed in place on one
+    float32 buffer (convert, multiply, add, clip), block by block so that each block stays in the CPU cache through
+    the four operations: on a 5 x 1080 x 1080 site this is faster and far less variable than whole-array torch ops
+    under CPU contention with DataLoader workers. The clip is torch's ``clamp_`` on the same buffer (about half the
+    time of ``np.clip`` on a cached block; identical values), the other three steps numpy's.
 
     Args:
         image: C x H x W array (uint16 or float).
@@ -143,6 +148,7 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
     if image.ndim != 3:
         raise ValueError(f"expected a C x H x W image, got shape {image.shape}")
     out = image if owned else np.empty(image.shape, dtype=np.float32)
+    out_t = torch.from_numpy(out)
     # Row blocks of ~_BLOCK_ELEMENTS stay in the CPU cache through convert, multiply, add and clip: the same
     # element-wise operations (bit-identical results) with one trip to memory instead of four.
     rows = max(1, _BLOCK_ELEMENTS // max(1, image.shape[2]))
@@ -154,8 +160,8 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
                 np.copyto(o, image[c, r : r + rows], casting="unsafe")
             np.multiply(o, sc, out=o)
             np.add(o, bc, out=o)
-            np.clip(o, 0.0, 1.0, out=o)
-    return torch.from_numpy(out)
+            out_t[c, r : r + rows].clamp_(0.0, 1.0)
+    return out_t
 
 
 # Tile side of RawSite's deferred conversion: 5 x 128 x 128 float32 (320 KB) stays in a core's L2 cache.
@@ -194,6 +200,7 @@ class RawSite:
         self._s = scale.astype(np.float32).reshape(-1, 1, 1)
         self._b = (-self.low * scale).astype(np.float32).reshape(-1, 1, 1)
         self._out: np.ndarray | None = None
+        self._out_t: torch.Tensor | None = None
         self._done: np.ndarray | None = None
 
     @property
@@ -204,6 +211,7 @@ class RawSite:
     def _convert(self, r0: int, r1: int, c0: int, c1: int) -> None:
         if self._out is None:
             self._out = np.empty(self.pixels.shape, dtype=np.float32)  # pages are only touched when written
+            self._out_t = torch.from_numpy(self._out)
             _, h, w = self.pixels.shape
             self._done = np.zeros((-(-h // _TILE), -(-w // _TILE)), dtype=bool)
         for ti in range(r0 // _TILE, -(-r1 // _TILE)):
@@ -215,7 +223,7 @@ class RawSite:
                 np.copyto(o, self.pixels[:, rs, cs], casting="unsafe")
                 np.multiply(o, self._s, out=o)
                 np.add(o, self._b, out=o)
-                np.clip(o, 0.0, 1.0, out=o)
+                self._out_t[:, rs, cs].clamp_(0.0, 1.0)
                 self._done[ti, tj] = True
 
     def crop(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
@@ -234,7 +242,7 @@ class RawSite:
         if not (0 <= top and 0 <= left and height > 0 and width > 0 and top + height <= h and left + width <= w):
             raise ValueError(f"RawSite.crop: box ({top}, {left}, {height}, {width}) outside the {h} x {w} site")
         self._convert(top, top + height, left, left + width)
-        return torch.from_numpy(self._out[:, top : top + height, left : left + width])
+        return self._out_t[:, top : top + height, left : left + width]
 
     def to_tensor(self) -> torch.Tensor:
         """The whole normalised site, float32 C x H x W in [0, 1] (what the dataset's get_image returns)."""

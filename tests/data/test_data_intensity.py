@@ -127,3 +127,62 @@ def test_raw_site_converts_only_touched_tiles_once_and_reads_memmaps(tmp_path):
         site.crop(390, 0, 20, 5)
     with pytest.raises(ValueError, match="bounds of shape"):
         RawSite(np.zeros((2, 4, 4), np.uint16), [0.0], [1.0])
+
+
+# ------------------------------------------------------------------------------------- exactness of the fast paths
+
+
+def _uint16_cases():
+    rng = np.random.default_rng(3)
+    real_like = (rng.gamma(2.0, 300.0, size=(2, 120, 130)) + 100).astype(np.uint16)
+    real_like[0, :3, :] = 65535  # saturated pixels
+    real_like[1, 5, :7] = 0
+    return {
+        "random_wide": rng.integers(0, 65536, size=(2, 33, 47), dtype=np.uint16),
+        "ties": rng.choice(np.array([5, 5, 5, 9, 1000], dtype=np.uint16), size=(3, 21, 19)),
+        "constant": np.full((2, 8, 9), 1234, dtype=np.uint16),
+        "zeros": np.zeros((1, 4, 4), dtype=np.uint16),
+        "one_pixel": np.array([[[42]], [[65535]]], dtype=np.uint16),
+        "two_pixels": np.array([[[3, 65535]]], dtype=np.uint16),
+        "tiny": rng.integers(0, 50, size=(2, 2, 3), dtype=np.uint16),
+        "real_like": real_like,
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_uint16_cases()))
+def test_histogram_percentiles_bit_equal_numpy(case):
+    img = _uint16_cases()[case]
+    # 0.1/99.9 (the default), weights below and above 0.5, and the extremes
+    q = [0.0, 0.1, 12.5, 33.3, 50.0, 66.7, 87.5, 99.9, 100.0]
+    got = channel_percentiles(img, q, stride=1)
+    for c in range(img.shape[0]):
+        np.testing.assert_array_equal(got[c], np.percentile(img[c], q))
+        np.testing.assert_array_equal(got[c], np.percentile(img[c].astype(np.float64), q))
+    # the auto sub-grid: the same numbers as numpy on the same sub-grid
+    st = auto_stride(*img.shape[1:])
+    sub = channel_percentiles(img, q)
+    for c in range(img.shape[0]):
+        np.testing.assert_array_equal(sub[c], np.percentile(img[c, ::st, ::st], q))
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_scale_to_unit_bit_equal_whole_array_numpy(dtype):
+    # independent reference: the same float32 operations on the whole array at once, clipped with np.clip
+    rng = np.random.default_rng(5)
+    img = (rng.random((3, 301, 517)) * 60000).astype(dtype)  # rows not a multiple of the block, width > block/rows
+    low, high = np.array([100.0, 5000.0, 7.3]), np.array([50000.0, 5000.0, 30000.5])
+    span = high - low
+    scale = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
+    s = scale.astype(np.float32)[:, None, None]
+    b = (-low * scale).astype(np.float32)[:, None, None]
+    want = np.clip(img.astype(np.float32) * s + b, np.float32(0), np.float32(1))
+    assert want.dtype == np.float32
+    got = scale_to_unit(img, low, high)
+    assert got.dtype == torch.float32 and got.shape == img.shape
+    np.testing.assert_array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+    # in place on a caller-owned float32 buffer: the same bits, in that buffer
+    if dtype == np.float32:
+        buf = img.copy()
+        out = scale_to_unit(buf, low, high, inplace=True)
+        assert out.data_ptr() == buf.ctypes.data
+        np.testing.assert_array_equal(buf.view(np.uint32), want.view(np.uint32))
