@@ -127,7 +127,7 @@ def normalize_per_plate(
 
 
 def select_features(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings()) -> tuple[pd.DataFrame, dict]:
-    """``pycytominer.feature_select`` then removal of columns that still hold NaN/inf.
+    """``pycytominer.feature_select`` (infinite values counted as missing) then removal of columns still holding NaN.
 
     Args:
         df: well profiles.
@@ -139,6 +139,14 @@ def select_features(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings(
     from pycytominer import feature_select
 
     feats = feature_columns(df)
+    # A feature that is infinite in some well (e.g. a ratio over an empty compartment) would make sklearn's variance
+    # threshold inside feature_select raise; as missing values they fall under drop_na_columns' cutoff instead.
+    values = df[feats].to_numpy(dtype=np.float64)
+    n_inf = int(np.isinf(values).sum())
+    if n_inf:
+        logger.warning("%d infinite feature value(s) treated as missing before feature selection", n_inf)
+        df = df.copy()
+        df[feats] = np.where(np.isinf(values), np.nan, values)
     selected = feature_select(
         profiles=df,
         features=feats,

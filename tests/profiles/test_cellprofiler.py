@@ -194,10 +194,11 @@ def test_recipe_never_leaves_nan():
                 Cells_A=rng.normal(),
                 Cells_B=rng.normal(),
                 Cells_NaN=np.nan if w == 7 else rng.normal(),
+                Cells_Inf=np.inf if w == 6 else rng.normal(),  # e.g. a ratio over an empty compartment
             )
         )
     out = run_recipe(pd.DataFrame(rows))
-    assert "Cells_NaN" not in out.columns
+    assert "Cells_NaN" not in out.columns and "Cells_Inf" not in out.columns
     assert np.isfinite(out[["Cells_A", "Cells_B"]].to_numpy()).all()
 
 
