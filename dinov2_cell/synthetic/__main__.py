@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--missing-sites", type=float, default=0.0, help="fraction of wells missing 1-2 sites")
     g.add_argument("--size", type=int, default=96, help="image side in pixels")
     g.add_argument("--seed", type=int, default=0, help="random seed (output is byte-identical per seed)")
+    g.add_argument(
+        "--phenotype",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a compound-phenotype parameter of the calibrated defaults (repeatable), e.g. strength=1.2, "
+        "inactive_share=0.2, active_potency=0.4:1.3, family.intensity=0 (see PhenotypeSettings)",
+    )
     g.add_argument("--illum", action="store_true", help="also write illumination functions + load_data_with_illum.csv")
     return p
 
@@ -73,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit status 0 (bad input raises; :func:`cli` turns it into one ``error:`` line and status 2).
     """
+    from dinov2_cell.synthetic.biology import PhenotypeSettings
     from dinov2_cell.synthetic.writing import generate_plates
 
     args = build_parser().parse_args(argv)
@@ -88,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing_sites=args.missing_sites,
         size=args.size,
         seed=args.seed,
+        phenotype=PhenotypeSettings.from_overrides(args.phenotype),
         illum=args.illum,
         workers=args.num_workers,
         overwrite=args.overwrite,

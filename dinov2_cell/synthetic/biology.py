@@ -14,6 +14,7 @@ each compound.
 from __future__ import annotations
 
 import zlib
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -153,14 +154,131 @@ def stable_key(*parts) -> int:
     return zlib.crc32("\x1f".join(str(p) for p in parts).encode())
 
 
+# Effect dimensions of each phenotype family (indices into the effect vector; see render_site for what each does).
+PHENOTYPE_FAMILIES = {
+    "count": (0,),  # cell count / toxicity
+    "size_shape": (1, 2, 3, 4, 14),  # nuclear size and elongation, cell size, irregularity, rounded/condensed cells
+    "texture": (5, 7, 8, 12),  # DNA, ER and mitochondria texture, nucleoli
+    "distribution": (6, 9, 10, 11, 13),  # ER/mito perinuclear concentration, RNA spread, membrane vs Golgi, Golgi size
+    "intensity": (15, 16, 17, 18, 19),  # per-channel stain intensity
+}
+
+
+@dataclass(frozen=True)
+class PhenotypeSettings:
+    """The compound-phenotype parameters of the generator (recorded in ``synthetic_manifest.json``).
+
+    A compound's effect in a cell line is ``strength x potency x (target_weight x t + compound_weight x c +
+    line_weight x l)``, each dimension then scaled by its family's weight (:data:`PHENOTYPE_FAMILIES`), with t, c, l
+    standard normal directions shared by the compound's target, its own, and its own in this cell line. Potency:
+    positive controls uniform in ``control_potency``; other compounds inactive (uniform in ``[0,
+    inactive_potency]``) with probability ``inactive_share``, else uniform in ``active_potency``; times a
+    log-normal cell-line sensitivity (sd ``line_sensitivity_sd``). Every well adds normal noise (sd ``well_noise``)
+    to its effect vector.
+
+    Args:
+        strength: global multiplier of every compound effect.
+        inactive_share: probability that a (non-control) compound is nearly inactive.
+        inactive_potency: upper end of an inactive compound's potency.
+        active_potency: (low, high) potency of an active compound.
+        control_potency: (low, high) potency of a positive control.
+        line_sensitivity_sd: sd of the log cell-line sensitivity.
+        target_weight: weight of the target's shared direction.
+        compound_weight: weight of the compound's own direction.
+        line_weight: weight of the compound's cell-line-specific direction.
+        well_noise: sd of the per-well effect noise (well-to-well nuisance).
+        family_weights: phenotype family -> multiplier of its effect dimensions (missing families: 1).
+    """
+
+    strength: float = 2.0
+    inactive_share: float = 0.15
+    inactive_potency: float = 0.12
+    active_potency: tuple[float, float] = (0.35, 1.2)
+    control_potency: tuple[float, float] = (0.9, 1.4)
+    line_sensitivity_sd: float = 0.25
+    target_weight: float = 0.6
+    compound_weight: float = 0.4
+    line_weight: float = 0.3
+    well_noise: float = 0.08
+    family_weights: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        unknown = [k for k, _ in self.family_weights if k not in PHENOTYPE_FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown phenotype families {unknown}; choose from {list(PHENOTYPE_FAMILIES)}")
+        if not 0.0 <= self.inactive_share <= 1.0:
+            raise ValueError(f"inactive_share must be in [0, 1], got {self.inactive_share}")
+        for name in ("strength", "inactive_potency", "line_sensitivity_sd", "well_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def dimension_weights(self) -> np.ndarray:
+        """Per-dimension multipliers from ``family_weights`` (length :data:`N_EFFECTS`)."""
+        w = np.ones(N_EFFECTS)
+        for family, weight in self.family_weights:
+            w[list(PHENOTYPE_FAMILIES[family])] = float(weight)
+        return w
+
+    def describe(self) -> dict:
+        """JSON-able settings."""
+        out = asdict(self)
+        out["family_weights"] = dict(self.family_weights)
+        return out
+
+    @classmethod
+    def from_overrides(cls, overrides: Sequence[str], base: "PhenotypeSettings | None" = None) -> "PhenotypeSettings":
+        """Settings with ``key=value`` overrides (``family.<name>=w`` sets one family weight; pairs as ``lo:hi``).
+
+        Args:
+            overrides: e.g. ``["strength=1.5", "family.intensity=0.5", "active_potency=0.4:1.3"]``.
+            base: settings to start from (default: the calibrated defaults).
+
+        Returns:
+            The new settings.
+
+        Raises:
+            ValueError: unknown key or unparsable value, naming it.
+        """
+        base = base or cls()
+        values = asdict(base)
+        families = dict(base.family_weights)
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            key = key.strip()
+            try:
+                if not sep:
+                    raise ValueError("expected key=value")
+                if key.startswith("family."):
+                    families[key[len("family.") :]] = float(raw)
+                elif key in ("active_potency", "control_potency"):
+                    lo, hi = raw.split(":")
+                    values[key] = (float(lo), float(hi))
+                elif key in values and key != "family_weights":
+                    values[key] = float(raw)
+                else:
+                    raise ValueError(f"unknown key; choose from {[k for k in values if k != 'family_weights']}")
+            except ValueError as e:
+                raise ValueError(f"phenotype setting {item!r}: {e}") from None
+        values["family_weights"] = tuple(sorted(families.items()))
+        return cls(**values)
+
+
+DEFAULT_PHENOTYPE = PhenotypeSettings()
+
+
 def _direction(seed: int, *parts) -> np.ndarray:
     return np.random.default_rng([seed, stable_key(*parts)]).standard_normal(N_EFFECTS)
 
 
 def compound_effect(
-    broad_sample: str, target: str, pert_type: str, cell_line: str, seed: int
+    broad_sample: str,
+    target: str,
+    pert_type: str,
+    cell_line: str,
+    seed: int,
+    phenotype: PhenotypeSettings = DEFAULT_PHENOTYPE,
 ) -> tuple[np.ndarray, float]:
-    """The effect vector of a compound in a cell line, and its potency (0 for DMSO).
+    """The effect vector of a compound in a cell line, and its potency (0 for DMSO); see :class:`PhenotypeSettings`.
 
     Args:
         broad_sample: compound id ("" = DMSO).
@@ -168,24 +286,27 @@ def compound_effect(
         pert_type: "trt" or "control" (positive controls are strong).
         cell_line: U2OS or A549.
         seed: generator seed.
+        phenotype: phenotype parameters.
 
     Returns:
         (effect vector of length :data:`N_EFFECTS`, potency in this cell line).
     """
     if not broad_sample:
         return np.zeros(N_EFFECTS), 0.0
+    ph = phenotype
     rng = np.random.default_rng([seed, stable_key("potency", broad_sample)])
+    # The draws keep their order whatever the settings, so a setting changes only the values it governs.
+    u_kind, u_value = rng.random(), rng.random()
     if pert_type == "control":
-        base = rng.uniform(0.9, 1.4)
-    elif rng.random() < 0.3:
-        base = rng.uniform(0.0, 0.12)
+        base = ph.control_potency[0] + (ph.control_potency[1] - ph.control_potency[0]) * u_kind
+    elif u_kind < ph.inactive_share:
+        base = ph.inactive_potency * u_value
     else:
-        base = rng.uniform(0.35, 1.2)
-    sens = np.exp(
-        0.25 * np.random.default_rng([seed, stable_key("sensitivity", broad_sample, cell_line)]).standard_normal()
-    )
-    potency = float(base * sens)
+        base = ph.active_potency[0] + (ph.active_potency[1] - ph.active_potency[0]) * u_value
+    z = np.random.default_rng([seed, stable_key("sensitivity", broad_sample, cell_line)]).standard_normal()
+    potency = float(ph.strength * base * np.exp(ph.line_sensitivity_sd * z))
     t = _direction(seed, "target", target or broad_sample)
     c = _direction(seed, "compound", broad_sample)
     ell = _direction(seed, "line", broad_sample, cell_line)
-    return potency * (0.6 * t + 0.4 * c + 0.3 * ell), potency
+    direction = ph.target_weight * t + ph.compound_weight * c + ph.line_weight * ell
+    return potency * direction * ph.dimension_weights(), potency

@@ -39,9 +39,11 @@ from dinov2_cell.atomic import atomic_path, write_text
 from dinov2_cell.data import metadata as md
 from dinov2_cell.data.names import ALL_CHANNELS, PHENIX_CHANNELS, parse_well, phenix_filename
 from dinov2_cell.synthetic.biology import (
+    DEFAULT_PHENOTYPE,
     DEFAULT_WELLS,
     N_EFFECTS,
     REAL_SIXTEEN_SITE_PLATES,
+    PhenotypeSettings,
     compound_effect,
     default_plates,
     select_wells,
@@ -114,12 +116,12 @@ def _site_tasks(plate: SyntheticPlate, wells: list[str], layout: pd.DataFrame, m
 
 def _render_well(args) -> list[tuple[str, int, int]]:
     # (well, site, true cell count) of every site written
-    (plate, well, sites, size, seed, compound, out_dir) = args
+    (plate, well, sites, size, seed, compound, out_dir, phenotype) = args
     row, col = parse_well(well)
     edge = row in (1, 16) or col in (1, 24)
-    effect, _ = compound_effect(*compound, plate.cell_line, seed)
+    effect, _ = compound_effect(*compound, plate.cell_line, seed, phenotype)
     well_rng = np.random.default_rng([seed, stable_key("well", plate.barcode, well)])
-    effect = effect + well_rng.normal(0, 0.08, N_EFFECTS)
+    effect = effect + phenotype.well_noise * well_rng.standard_normal(N_EFFECTS)
     folder = Path(out_dir) / plate.folder
     written = []
     for site in sites:
@@ -148,6 +150,7 @@ def generate_plates(
     missing_sites: float = 0.0,
     size: int = 96,
     seed: int = 0,
+    phenotype: PhenotypeSettings = DEFAULT_PHENOTYPE,
     illum: bool = False,
     workers: int = 1,
     overwrite: bool = False,
@@ -166,6 +169,8 @@ def generate_plates(
         missing_sites: fraction of wells that lose 1 or 2 sites (files and CSV rows absent, as in CPJUMP1).
         size: image side in pixels (field of view fixed; default 96).
         seed: seed; the output is byte-identical for the same options.
+        phenotype: compound-phenotype parameters (default: the calibrated ones, see
+            :class:`~dinov2_cell.synthetic.biology.PhenotypeSettings`).
         illum: also write illumination functions and ``load_data_with_illum.csv``.
         workers: processes used for rendering (the output does not depend on it).
         overwrite: replace plates already present in ``out_dir`` (otherwise that is an error).
@@ -227,7 +232,7 @@ def generate_plates(
         for well, site_list in _site_tasks(p, well_names, layout, float(missing_sites), seed):
             row = layout.loc[well]
             compound = (row["Metadata_broad_sample"], row["Metadata_target"], row["Metadata_pert_type"])
-            jobs.append((p, well, site_list, int(size), int(seed), compound, str(out)))
+            jobs.append((p, well, site_list, int(size), int(seed), compound, str(out), phenotype))
     n_sites_total = sum(len(j[2]) for j in jobs)
     bar = tqdm(total=n_sites_total, desc="synthetic sites", unit="site", disable=not progress)
     written: dict[str, list[tuple[str, int, int]]] = {p.barcode: [] for p in plate_objs}
@@ -266,7 +271,12 @@ def generate_plates(
         for well in well_names:
             row = layout.loc[well]
             _, potency = compound_effect(
-                row["Metadata_broad_sample"], row["Metadata_target"], row["Metadata_pert_type"], p.cell_line, seed
+                row["Metadata_broad_sample"],
+                row["Metadata_target"],
+                row["Metadata_pert_type"],
+                p.cell_line,
+                seed,
+                phenotype,
             )
             truth_rows.append(
                 dict(
@@ -312,6 +322,7 @@ def generate_plates(
             seed=int(seed),
             illum=bool(illum),
         ),
+        phenotype=phenotype.describe(),
         cell_lines=result.cell_lines,
         n_sites=result.n_sites,
     )

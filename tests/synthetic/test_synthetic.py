@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.synthetic import generate_plates, render_site
@@ -18,8 +19,9 @@ TINY = dict(
     plates=["BR00116991"], wells=["A01", "B02"], sites=2, size=16, seed=4, illum=True, missing_sites=0.5, progress=False
 )
 # SHA-256 over (relative path, bytes) of every file but the manifest and the per-site truth, for TINY, as written by
-# the generator before it became a package: images, LoadData CSVs, illumination functions and truth stay identical.
-TINY_SHA256 = "e48309adbed3834e2d5e9505c99e2e9103c7e109c44ea6f887786d9546e28c34"
+# the generator with the calibrated phenotype defaults (benchmarks/calibration.py): a change of any image, LoadData
+# CSV, illumination function or truth table shows here.
+TINY_SHA256 = "2a9ab4377a634a9a73e2dbb67e3c514ce0f307afe16aa57cc5cc71829dcc0307"
 
 
 def _tree_hash(root, skip=("synthetic_manifest.json", "synthetic_sites.csv")):
@@ -51,14 +53,14 @@ def test_site_truth_lists_every_site_with_its_cell_count(tmp_path):
     # recount one site independently: re-render it with the generator's own seed and count centres in the image
     row = sites.iloc[4]
     from dinov2_cell.data import metadata as md
-    from dinov2_cell.synthetic.biology import compound_effect, N_EFFECTS
+    from dinov2_cell.synthetic.biology import DEFAULT_PHENOTYPE, N_EFFECTS, compound_effect
 
     layout = md.compound_layout().set_index("Metadata_Well").loc[row.Metadata_Well]
     effect, _ = compound_effect(
         layout["Metadata_broad_sample"], layout["Metadata_target"], layout["Metadata_pert_type"], "U2OS", 2
     )
     effect = effect + np.random.default_rng([2, stable_key("well", row.Metadata_Plate, row.Metadata_Well)]).normal(
-        0, 0.08, N_EFFECTS
+        0, DEFAULT_PHENOTYPE.well_noise, N_EFFECTS
     )
     rng = np.random.default_rng([2, stable_key("site", row.Metadata_Plate, row.Metadata_Well, int(row.Metadata_Site))])
     truth = {}
@@ -91,3 +93,38 @@ def test_cli_smoke_and_bad_input(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error:" in err[0] and "BR1" in err[0]
     assert cli(["--out", str(tmp_path / "x"), "--plates", "BR00116991", "--num-plates", "2"]) == 2  # exclusive
+    # a bad --phenotype override names the setting
+    capsys.readouterr()
+    assert cli(["--out", str(tmp_path / "y"), "--phenotype", "strenght=2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "strenght=2" in err[0] and "unknown key" in err[0]
+
+
+def test_phenotype_settings_scale_and_switch_off_families(tmp_path):
+    from dinov2_cell.synthetic.biology import PHENOTYPE_FAMILIES, PhenotypeSettings, compound_effect
+
+    base = PhenotypeSettings()
+    args = ("BRD-K1", "T1", "trt", "A549", 3)
+    e, pot = compound_effect(*args, base)
+    doubled = PhenotypeSettings.from_overrides([f"strength={2 * base.strength}"])
+    e2, pot2 = compound_effect(*args, doubled)
+    np.testing.assert_allclose(e2, 2 * e, rtol=1e-12)
+    assert pot2 == 2 * pot
+    only_count = PhenotypeSettings.from_overrides([f"family.{f}=0" for f in PHENOTYPE_FAMILIES if f != "count"])
+    e3, _ = compound_effect(*args, only_count)
+    assert e3[0] == e[0] and np.count_nonzero(e3) == 1
+    # an inactive share of 1 leaves every non-control compound at most inactive_potency x strength x sensitivity
+    inactive = PhenotypeSettings.from_overrides(["inactive_share=1", "line_sensitivity_sd=0"])
+    assert all(
+        compound_effect(f"BRD-{i}", "T", "trt", "U2OS", 0, inactive)[1] <= inactive.inactive_potency * inactive.strength
+        for i in range(50)
+    )
+    assert compound_effect("BRD-C", "T", "control", "U2OS", 0, inactive)[1] >= inactive.control_potency[0] * 0.3
+    res = generate_plates(
+        tmp_path / "p", plates=["BR00116991"], wells=2, sites=1, size=16, phenotype=doubled, progress=False
+    )
+    manifest = json.loads((tmp_path / "p" / "synthetic_manifest.json").read_text())
+    assert manifest["phenotype"]["strength"] == 2 * base.strength and res.n_images == 16
+    for bad in (["family.colour=1"], ["inactive_share=2"], ["active_potency=0.5"], ["strength"]):
+        with pytest.raises(ValueError, match="phenotype|inactive_share|famil"):
+            PhenotypeSettings.from_overrides(bad)
