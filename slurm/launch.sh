@@ -122,6 +122,15 @@ quote() { local out=() a; for a in "$@"; do out+=("$(printf '%q' "$a")"); done; 
 
 if [ "$cmd" = train ]; then
   [ -n "$output_root" ] || { echo "train: --output-root is required" >&2; exit 2; }
+  # Refuse before queueing what the job would refuse after waiting in the queue: a bad key, a foreign output dir, or
+  # a total batch that --nodes x --gpus-per-node GPUs cannot share. Skipped with --dry-run (no environment needed).
+  if [ "$dry" = 0 ]; then
+    for pair in "fluo $fluo_config" "bf $bf_config"; do
+      set -- $pair
+      "$python" -m dinov2_cell.run.train --check --config-file "$2" --output-dir "$output_root/$1" \
+        --nodes "$nodes" --gpus-per-node "$gpus" ${extra[@]+"${extra[@]}"} >&2 || exit 2
+    done
+  fi
   script="#!/usr/bin/env bash
 set -euo pipefail
 configs=($(quote "$fluo_config" "$bf_config"))

@@ -39,6 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only validate: config keys, output dir, and the total batch over --nodes x --gpus-per-node GPUs; print "
+        "the effective per-GPU batch and exit (slurm/launch.sh runs this before submitting)",
+    )
     return add_slurm_arguments(parser)
 
 
@@ -58,6 +64,8 @@ def main(argv=None) -> int:
 
     args = get_args_parser().parse_intermixed_args(argv)
     setup_logging(args.debug)
+    if args.check:
+        return _check(args)
     # Bad keys, a missing config or a foreign output dir fail here: before the training stack is imported, and
     # with --slurm before anything is queued.
     prepare_config(args)
@@ -73,6 +81,18 @@ def main(argv=None) -> int:
     print(f"submitted job {job.job_id}: output in {args.output_dir}")
     if args.wait:
         print(job.result())
+    return 0
+
+
+def _check(args) -> int:
+    # Validates as a --slurm submission of --nodes x --gpus-per-node processes would, without submitting.
+    from dinov2_cell.train.config import per_gpu_batch_size, prepare_config
+
+    args.slurm, args.submitit_cluster = True, None
+    cfg = prepare_config(args)
+    world = int(args.nodes) * int(args.gpus_per_node)
+    per_gpu = per_gpu_batch_size(cfg, world)
+    print(f"ok: {args.config_file}: {world} GPU(s) x batch {per_gpu} = total batch {world * per_gpu}")
     return 0
 
 
