@@ -198,7 +198,7 @@ class PhenotypeSettings:
         family_weights: phenotype family -> multiplier of its effect dimensions (missing families: 1).
     """
 
-    strength: float = 2.0
+    strength: float = 1.8
     inactive_share: float = 0.15
     inactive_potency: float = 0.12
     active_potency: tuple[float, float] = (0.35, 1.2)
