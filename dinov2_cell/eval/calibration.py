@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.columns import BROAD, CELL_LINE, PLATE, WELL
-from dinov2_cell.eval.map import activity_map
+from dinov2_cell.eval.map import activity_map, paired_average_precision
 from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
@@ -70,28 +70,12 @@ def replicate_map(
     Returns:
         One row per compound with at least two wells: label_col, mean_average_precision, n_wells.
     """
-    from copairs.map import average_precision
-
     controls = np.asarray(is_control(meta), dtype=bool)
     labels = meta[label_col].astype(str).to_numpy().copy()
     labels[controls] = "DMSO"
     m = pd.DataFrame({label_col: labels})
-    try:
-        ap = average_precision(
-            m,
-            np.asarray(feats, dtype=np.float64),
-            pos_sameby=[label_col],
-            pos_diffby=[],
-            neg_sameby=[],
-            neg_diffby=[label_col],
-            batch_size=batch_size,
-            distance=distance,
-            progress_bar=False,
-        )
-    except Exception as e:  # copairs' UnpairedException: no compound with two wells
-        if type(e).__name__ != "UnpairedException":
-            raise
-        logger.warning("replicate mAP: %s", e)
+    ap = paired_average_precision(m, feats, [label_col], "replicate mAP", distance, batch_size)
+    if ap is None:
         return pd.DataFrame(columns=[label_col, "mean_average_precision", "n_wells"])
     ap = ap[~controls].dropna(subset=["average_precision"])
     out = ap.groupby(label_col, sort=True)["average_precision"].agg(["mean", "size"]).reset_index()

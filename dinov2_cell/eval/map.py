@@ -44,6 +44,51 @@ def _empty(cols: Sequence[str]) -> pd.DataFrame:
     )
 
 
+def paired_average_precision(
+    meta: pd.DataFrame,
+    feats: np.ndarray,
+    same: Sequence[str],
+    what: str,
+    distance: str = "cosine",
+    batch_size: int = 20000,
+    progress: bool = False,
+) -> pd.DataFrame | None:
+    """copairs' per-row average precision with positives sharing every column of ``same`` and negatives differing in
+    all of them; ``None`` (with a warning naming ``what``) when no row has a positive pair.
+
+    Args:
+        meta: metadata of the rows (the ``same`` columns).
+        feats: (n, D) features aligned with ``meta``.
+        same: the columns positives share and negatives differ in.
+        what: the metric's name, for the warning.
+        distance: copairs distance.
+        batch_size: copairs similarity batch size.
+        progress: copairs progress bar.
+
+    Returns:
+        copairs' table (``meta`` plus average_precision, n_pos_pairs, n_total_pairs), or ``None``.
+    """
+    from copairs.map import average_precision
+
+    try:
+        return average_precision(
+            meta,
+            np.asarray(feats, dtype=np.float64),
+            pos_sameby=list(same),
+            pos_diffby=[],
+            neg_sameby=[],
+            neg_diffby=list(same),
+            batch_size=batch_size,
+            distance=distance,
+            progress_bar=progress,
+        )
+    except Exception as e:  # copairs' UnpairedException: no row has a positive pair
+        if type(e).__name__ != "UnpairedException":
+            raise
+        logger.warning("%s: %s", what, e)
+        return None
+
+
 def activity_map(
     meta: pd.DataFrame,
     feats: np.ndarray,
@@ -76,7 +121,7 @@ def activity_map(
     Raises:
         ValueError: no DMSO rows.
     """
-    from copairs.map import average_precision, mean_average_precision
+    from copairs.map import mean_average_precision
     from copairs.matching import assign_reference_index
 
     controls = is_control(meta)
@@ -86,22 +131,8 @@ def activity_map(
     m.loc[controls, label_col] = "DMSO"
     m = assign_reference_index(m, pd.Index(np.flatnonzero(controls)), reference_col=REFERENCE_COL, default_value=-1)
     cols = [label_col, REFERENCE_COL]
-    try:
-        ap = average_precision(
-            m,
-            np.asarray(feats, dtype=np.float64),
-            pos_sameby=cols,
-            pos_diffby=[],
-            neg_sameby=[],
-            neg_diffby=cols,
-            batch_size=batch_size,
-            distance=distance,
-            progress_bar=progress,
-        )
-    except Exception as e:  # copairs' UnpairedException: no compound with two replicates
-        if type(e).__name__ != "UnpairedException":
-            raise
-        logger.warning("phenotypic activity: %s", e)
+    ap = paired_average_precision(m, feats, cols, "phenotypic activity", distance, batch_size, progress)
+    if ap is None:
         return _empty([label_col])
     ap = ap[~controls]
     if ap["average_precision"].notna().sum() == 0:
@@ -151,7 +182,7 @@ def consistency_map(
         copairs' table with target_col, mean_average_precision, p_value, corrected_p_value, below_corrected_p
         (empty when no target has two compounds).
     """
-    from copairs.map import average_precision, mean_average_precision
+    from copairs.map import mean_average_precision
 
     keep = ~is_control(meta)
     frame = pd.DataFrame(np.asarray(feats, dtype=np.float64)[keep])
@@ -170,22 +201,10 @@ def consistency_map(
     counts = m[target_col].value_counts()
     if len(m) == 0 or counts.max() < 2 or len(counts) < 2:
         return _empty([target_col])
-    try:
-        ap = average_precision(
-            m,
-            consensus.to_numpy(),
-            pos_sameby=[target_col],
-            pos_diffby=[],
-            neg_sameby=[],
-            neg_diffby=[target_col],
-            batch_size=batch_size,
-            distance=distance,
-            progress_bar=progress,
-        )
-    except Exception as e:
-        if type(e).__name__ != "UnpairedException":
-            raise
-        logger.warning("phenotypic consistency: %s", e)
+    ap = paired_average_precision(
+        m, consensus.to_numpy(), [target_col], "phenotypic consistency", distance, batch_size, progress
+    )
+    if ap is None:
         return _empty([target_col])
     return mean_average_precision(
         ap,
