@@ -44,10 +44,9 @@ def _key(settings: dict) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    from dinov2_cell.atomic import write_text
+
+    write_text(path, json.dumps(obj, indent=1, sort_keys=True))
 
 
 def run_one(out: str, seed: int, phenotype, design: dict, families, workers: int, null_size: int, log) -> dict:
@@ -272,9 +271,9 @@ def main() -> None:
     print(f"\ntotal {time.time() - t0:.0f} s (load average now {os.getloadavg()[0]:.1f})")
     if args.results:
         os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-        with open(args.results + ".md.tmp", "w") as f:
-            f.write(text + "\n")
-        os.replace(args.results + ".md.tmp", args.results + ".md")
+        from dinov2_cell.atomic import write_text
+
+        write_text(args.results + ".md", text + "\n")
         _write_json(
             args.results + ".json",
             {

@@ -82,7 +82,7 @@ def replicate_map(
     return out.rename(columns={"mean": "mean_average_precision", "size": "n_wells"})
 
 
-def dmso_null_labels(meta: pd.DataFrame, n_replicates: int | None = None, seed: int = 0) -> pd.Series:
+def dmso_null_labels(meta: pd.DataFrame, seed: int = 0) -> pd.Series:
     """Dummy compound labels for the DMSO-vs-DMSO null: groups of DMSO wells, one well per plate, like replicates.
 
     Every plate's DMSO wells are shuffled; the k-th well of every plate joins dummy ``k``; half of the dummies are
@@ -90,7 +90,6 @@ def dmso_null_labels(meta: pd.DataFrame, n_replicates: int | None = None, seed: 
 
     Args:
         meta: metadata with Metadata_Plate and what :func:`is_control` needs.
-        n_replicates: plates per dummy (default: every plate of the table).
         seed: shuffle seed.
 
     Returns:
@@ -101,8 +100,6 @@ def dmso_null_labels(meta: pd.DataFrame, n_replicates: int | None = None, seed: 
     labels = np.array([None] * len(meta), dtype=object)
     labels[controls] = "DMSO"
     plates = sorted(meta.loc[controls, PLATE].astype(str).unique())
-    if n_replicates is not None:
-        plates = plates[: int(n_replicates)]
     slots = {}
     for plate in plates:
         rows = np.flatnonzero(controls & (meta[PLATE].astype(str).to_numpy() == plate))
