@@ -56,11 +56,30 @@ class LocalAggregationMetaArch(SSLMetaArch):
                 self.local_aggregation_loss_weight,
                 self.local_aggregation_koleo_loss_weight,
             )
+        self._set_center_momentum(cfg)
         # augmentations.device: model -> per-pixel cell augmentations on the training device, at the step's start
         self.device_augmentation = build_device_augmentation(cfg)
         self._defer_backprop = False
         self._deferred_loss = None
         self.last_local_aggregation_targets = None  # the last step's v1 teacher targets, read by the health monitor
+
+    def _set_center_momentum(self, cfg):
+        """Applies `dino.center_momentum` to upstream's DINO loss, whose constructor fixes it at 0.9.
+
+        The centre is an EMA of the teacher's batch-mean logits: c <- m * c + (1 - m) * mean(batch). With few
+        samples per step and a teacher whose outputs barely differ between inputs (tiny models, early training), a
+        lagging centre leaves one prototype ahead for every input (one-prototype collapse); m = 0 centres each step
+        with the previous step's batch mean.
+        """
+        dino_cfg = cfg.get("dino", None)
+        value = dino_cfg.get("center_momentum", None) if dino_cfg is not None else None
+        if value is None or not self.do_dino:
+            return
+        momentum = float(value)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"dino.center_momentum must be in [0, 1) (1 would freeze the centre at 0), got {value}")
+        self.dino_loss.center_momentum = momentum
+        logger.info("OPTIONS -- DINO -- center_momentum: %s", momentum)
 
     def backprop_loss(self, loss):
         if self._defer_backprop:

@@ -111,3 +111,32 @@ def test_missing_other_site_view_is_a_clear_error():
 def test_needs_the_dino_head():
     with pytest.raises(ValueError, match="dino.loss_weight"):
         LocalAggregationMetaArch(tiny_cfg("dino.loss_weight=0", "ibot.loss_weight=0"))
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.25])
+def test_center_momentum_sets_the_dino_centre_update(momentum):
+    model = _unwrapped(LocalAggregationMetaArch, tiny_cfg(f"dino.center_momentum={momentum}"))
+    assert model.dino_loss.center_momentum == momentum
+    start = torch.randn_like(model.dino_loss.center)
+    model.dino_loss.center.copy_(start)
+    logits = torch.randn(6, start.shape[-1], generator=torch.Generator().manual_seed(0))
+    model.dino_loss.update_center(logits)
+    model.dino_loss.apply_center_update()
+    # c <- m c + (1 - m) mean(batch), by hand
+    expected = momentum * start + (1 - momentum) * logits.mean(dim=0, keepdim=True)
+    assert torch.allclose(model.dino_loss.center, expected, atol=1e-6)
+
+
+def test_center_momentum_default_is_upstreams():
+    from dinov2.loss import DINOLoss
+
+    from dinov2_cell.train.config import plugin_default_config
+
+    default = plugin_default_config().dino.center_momentum  # the tiny configs override it
+    model = LocalAggregationMetaArch(tiny_cfg(f"dino.center_momentum={default}"))
+    assert model.dino_loss.center_momentum == DINOLoss(8).center_momentum == default
+
+
+def test_center_momentum_of_one_is_refused():
+    with pytest.raises(ValueError, match="dino.center_momentum"):
+        LocalAggregationMetaArch(tiny_cfg("dino.center_momentum=1.0"))
