@@ -16,7 +16,10 @@ What it does, in one run (all ratios come from the same run, same files, same ma
    * ``bare imread``: ``[tifffile.imread(p) for p in the site's 5 files]`` -- the limit for TIFF input;
    * ``dataset read_raw``: ``ds.read_raw(i)`` -- index lookup, decode into one C x H x W uint16 array, checks;
    * ``dataset get_image``: ``ds.get_image(i)`` -- the above + per-image percentile normalization to float32
-     (what ``ds[i]`` returns without a transform);
+     (what ``ds[i]`` returns without a transform); the float32 pass is compiled (``dinov2_cell.data.fused``) when
+     numba is installed;
+   * ``get_image, numpy path``: the same with the compiled pass switched off (``DINOV2_CELL_NUMBA=0``; only when
+     numba is installed), to show what it buys;
    * ``dataset get_site``: ``ds.get_site(i)`` -- the read + the normalisation bounds, no float conversion (what
      ``ds[i]`` hands ``CellDataAugmentation``, which converts only its crops' pixels);
    * ``get_image + crops`` / ``get_site + crops``: what a training worker pays per site with
@@ -31,6 +34,8 @@ the store's single contiguous read per site matters more. This is a script that 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -52,6 +57,7 @@ from dinov2_cell.cli import (
     setup_logging,
     workers_parser,
 )
+from dinov2_cell.data import fused
 from dinov2_cell.data.cpjump1_dataset import CPJUMP1Dataset
 from dinov2_cell.data.names import FLUO_CHANNELS
 from dinov2_cell.data.prepare import prepare_store
@@ -83,6 +89,20 @@ def _loader_rate(ds: CPJUMP1Dataset, workers: int, repeats: int) -> float:
             pass
         best = min(best, time.perf_counter() - t0)
     return len(ds) / best
+
+
+@contextlib.contextmanager
+def _numpy_normalisation():
+    """Switch off the compiled normalisation pass (``DINOV2_CELL_NUMBA=0``) inside the block."""
+    before = os.environ.get("DINOV2_CELL_NUMBA")
+    os.environ["DINOV2_CELL_NUMBA"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DINOV2_CELL_NUMBA"]
+        else:
+            os.environ["DINOV2_CELL_NUMBA"] = before
 
 
 def make_inputs(work: Path, sites: int, size: int) -> dict[str, Path]:
@@ -173,6 +193,8 @@ def run(sites: int, size: int, repeats: int, workers: int, workdir: str | None, 
     try:
         roots = make_inputs(work, sites, size)
         print(f"inputs written in {time.perf_counter() - t0:.1f} s under {work}", flush=True)
+        compiled = "compiled (numba)" if fused.available() else "numpy (numba not installed or DINOV2_CELL_NUMBA=0)"
+        print(f"normalisation pass: {compiled}", flush=True)
         rows = []
         for kind in ("tiff", "lzw", "store"):
             if kind not in roots:
@@ -186,6 +208,10 @@ def run(sites: int, size: int, repeats: int, workers: int, workdir: str | None, 
                 rows.append(dict(input=kind, reader="bare imread", sites_per_s=rate))
             rows.append(dict(input=kind, reader="dataset read_raw", sites_per_s=_best_rate(ds.read_raw, n, repeats)))
             rows.append(dict(input=kind, reader="dataset get_image", sites_per_s=_best_rate(ds.get_image, n, repeats)))
+            if fused.available():  # the same call with the compiled pass switched off: the numpy path
+                with _numpy_normalisation():
+                    rate = _best_rate(ds.get_image, n, repeats)
+                rows.append(dict(input=kind, reader="get_image, numpy path", sites_per_s=rate))
             rows.append(dict(input=kind, reader="dataset get_site", sites_per_s=_best_rate(ds.get_site, n, repeats)))
             # What a training worker pays per site with augmentations.device=model: the read, normalisation and the
             # paper's 2 x 518 + 8 x 98 crops (cut + resize), normalising the whole site first vs only the crops.
@@ -222,6 +248,8 @@ def _report(rows: list[dict], sites: int, size: int) -> None:
             print(f"  {label:58s} {rate[a] / rate[b]:6.2f}x")
 
     print("\nratios:")
+    for kind in ("tiff", "lzw", "store"):
+        ratio((kind, "dataset get_image"), (kind, "get_image, numpy path"), f"{kind}: get_image, compiled / numpy path")
     for kind in ("tiff", "lzw"):
         ratio(
             (kind, "dataset read_raw"), (kind, "bare imread"), f"{kind}: dataset read_raw / bare imread (goal >= 0.8)"

@@ -35,6 +35,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from dinov2_cell.data import fused
+
 NORMALIZATIONS = ("percentile", "plate", "bitdepth")
 DEFAULT_PERCENTILES = (0.1, 99.9)
 _TARGET_SAMPLES = 65536
@@ -79,25 +81,26 @@ def channel_percentiles(image: np.ndarray, q: Sequence[float], stride: int | Non
 
 
 def _percentiles(values: np.ndarray, q: np.ndarray) -> np.ndarray:
-    flat = values.reshape(-1)
-    n = flat.size
+    n = values.size
     if n == 0:
         raise ValueError("cannot compute percentiles of an empty image")
-    if flat.dtype.kind == "u" and flat.dtype.itemsize <= 2:
+    if values.dtype.kind == "u" and values.dtype.itemsize <= 2:
         # Histogram path: sorted value at rank k = first bin whose cumulative count exceeds k.
-        counts = np.bincount(flat, minlength=1)
-        cum = np.cumsum(counts)
         pos = q / 100.0 * (n - 1)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, n - 1)
-        v_lo = np.searchsorted(cum, lo, side="right").astype(np.float64)
-        v_hi = np.searchsorted(cum, hi, side="right").astype(np.float64)
+        ranked = fused.ranked_values(values, np.concatenate([lo, hi]))  # compiled, no copy of the view
+        if ranked is None:
+            cum = np.cumsum(np.bincount(values.reshape(-1), minlength=1))
+            ranked = np.concatenate([np.searchsorted(cum, lo, side="right"), np.searchsorted(cum, hi, side="right")])
+        v_lo = ranked[: len(q)].astype(np.float64)
+        v_hi = ranked[len(q) :].astype(np.float64)
         # numpy's "linear" interpolation rule, operation for operation (from the upper neighbour when the weight is
         # >= 0.5), so the result equals np.percentile exactly rather than to the last bit.
         t = pos - lo
         diff = v_hi - v_lo
         return np.where(t >= 0.5, v_hi - diff * (1 - t), v_lo + diff * t)
-    return np.percentile(flat.astype(np.float64, copy=False), q)
+    return np.percentile(values.reshape(-1).astype(np.float64, copy=False), q)
 
 
 def apply_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarray:
@@ -120,7 +123,8 @@ def apply_illumination(raw: np.ndarray, illum: np.ndarray | None) -> np.ndarray:
 def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.Tensor:
     """``clip((x - low) / (high - low), 0, 1)`` per channel, as a float32 tensor.
 
-    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. Computed in place on one
+    Channels with ``high <= low`` (a constant image) become all zeros rather than NaN. With numba installed this is
+    one compiled pass (:mod:`dinov2_cell.data.fused`, bit-identical). Otherwise it is computed in place on one
     float32 buffer (convert, multiply, add, clip), block by block so that each block stays in the CPU cache through
     the four operations: on a 5 x 1080 x 1080 site this is faster and far less variable than whole-array torch ops
     under CPU contention with DataLoader workers. The clip is torch's ``clamp_`` on the same buffer (about half the
@@ -149,6 +153,8 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
         raise ValueError(f"expected a C x H x W image, got shape {image.shape}")
     out = image if owned else np.empty(image.shape, dtype=np.float32)
     out_t = torch.from_numpy(out)
+    if fused.scale_clip(image, out, s, b):  # one compiled pass when numba is installed; same bits
+        return out_t
     # Row blocks of ~_BLOCK_ELEMENTS stay in the CPU cache through convert, multiply, add and clip: the same
     # element-wise operations (bit-identical results) with one trip to memory instead of four.
     rows = max(1, _BLOCK_ELEMENTS // max(1, image.shape[2]))
@@ -199,6 +205,7 @@ class RawSite:
         # float32 factors computed exactly as scale_to_unit does, so the results are bit-identical.
         self._s = scale.astype(np.float32).reshape(-1, 1, 1)
         self._b = (-self.low * scale).astype(np.float32).reshape(-1, 1, 1)
+        self._s_flat, self._b_flat = self._s.reshape(-1), self._b.reshape(-1)
         self._out: np.ndarray | None = None
         self._out_t: torch.Tensor | None = None
         self._done: np.ndarray | None = None
@@ -214,17 +221,28 @@ class RawSite:
             self._out_t = torch.from_numpy(self._out)
             _, h, w = self.pixels.shape
             self._done = np.zeros((-(-h // _TILE), -(-w // _TILE)), dtype=bool)
+        last = -(-c1 // _TILE)
         for ti in range(r0 // _TILE, -(-r1 // _TILE)):
-            for tj in range(c0 // _TILE, -(-c1 // _TILE)):
+            tj = c0 // _TILE
+            while tj < last:
                 if self._done[ti, tj]:
+                    tj += 1
                     continue
-                rs, cs = slice(ti * _TILE, (ti + 1) * _TILE), slice(tj * _TILE, (tj + 1) * _TILE)
-                o = self._out[:, rs, cs]
-                np.copyto(o, self.pixels[:, rs, cs], casting="unsafe")
-                np.multiply(o, self._s, out=o)
-                np.add(o, self._b, out=o)
-                self._out_t[:, rs, cs].clamp_(0.0, 1.0)
-                self._done[ti, tj] = True
+                run = tj  # a run of tiles still to convert in this tile row: one box, one call
+                while tj < last and not self._done[ti, tj]:
+                    tj += 1
+                self._done[ti, run:tj] = True
+                self._convert_box(ti * _TILE, (ti + 1) * _TILE, run * _TILE, tj * _TILE)
+
+    def _convert_box(self, r0: int, r1: int, c0: int, c1: int) -> None:
+        if fused.scale_clip(self.pixels, self._out, self._s_flat, self._b_flat, (r0, r1, c0, c1)):
+            return
+        rs, cs = slice(r0, r1), slice(c0, c1)
+        o = self._out[:, rs, cs]
+        np.copyto(o, self.pixels[:, rs, cs], casting="unsafe")
+        np.multiply(o, self._s, out=o)
+        np.add(o, self._b, out=o)
+        self._out_t[:, rs, cs].clamp_(0.0, 1.0)
 
     def crop(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
         """The normalised pixels of a box, float32 in [0, 1] (a view; the caller must not write to it).
