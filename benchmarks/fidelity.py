@@ -16,7 +16,10 @@ Arms (trained models are shared between the arms that only differ in post-proces
 * ``site_mean``: the method's models, the 9 grid site vectors averaged instead of concatenated;
 * ``aligned``: the method's profiles with cross-plate alignment (USES PLATE-LAYOUT KNOWLEDGE);
 * ``fluo_plate_norm`` / ``fluo_percentile_norm``: fluorescent-only profiles of a fluorescent model trained and
-  embedded with per-plate normalisation (the tiny configs' choice) / per-image 0.1-99.9 percentile scaling;
+  embedded with per-plate normalisation / per-image 0.1-99.9 percentile scaling (the tiny configs' choice: the
+  fluorescent part of the method's profiles);
+* ``center_ema``: the method with upstream's DINO centre (EMA momentum 0.9) instead of the tiny configs' batch
+  centring (``dino.center_momentum=0``);
 * ``classical``: the hand-made per-channel intensity/texture statistics (:mod:`dinov2_cell.profiles.baseline`).
 
 Outputs under ``--out``: ``seed<s>/`` (plates, training runs, profiles: every step skipped when complete),
@@ -62,7 +65,11 @@ TRAININGS = {
     # One model on all 8 channels: the fluorescent config's augmentations (the paper's 8-channel baseline had no
     # per-group tuning either).
     "joint_la": ("tiny_cpu_fluo", ["student.in_chans=8"], {"channels": "all"}),
-    "fluo_pct": ("tiny_cpu_fluo", [], {"normalize": "percentile"}),
+    # The tiny configs normalise per image (percentiles); the other normalisation, for its arm:
+    "fluo_plate": ("tiny_cpu_fluo", [], {"normalize": "plate"}),
+    # Upstream's DINO centre (EMA 0.9) instead of the tiny configs' batch centring (dino.center_momentum 0):
+    "fluo_cema": ("tiny_cpu_fluo", ["dino.center_momentum=0.9"], None),
+    "bf_cema": ("tiny_cpu_bf", ["dino.center_momentum=0.9"], None),
 }
 # Random-init ViTs: the trained runs' configs with untrained weights.
 RANDOM = {"fluo_random": "tiny_cpu_fluo", "bf_random": "tiny_cpu_bf"}
@@ -72,7 +79,8 @@ PROFILE_SETS = {
     "nola": {"fluo": "fluo_nola", "bf": "bf_nola"},
     "random": {"fluo": "fluo_random", "bf": "bf_random"},
     "joint": {"joint": "joint_la"},
-    "fluo_pct": {"fluo": "fluo_pct"},
+    "fluo_plate": {"fluo": "fluo_plate"},
+    "cema": {"fluo": "fluo_cema", "bf": "bf_cema"},
 }
 # Arm -> (description, profile set, post-processing).
 ARMS = {
@@ -83,8 +91,9 @@ ARMS = {
     "no_local_aggregation": ("SSL, local aggregation off", "nola", "full"),
     "site_mean": ("SSL, 9 sites averaged", "la", "mean"),
     "aligned": ("SSL + cross-plate alignment (layout knowledge)", "la", "aligned"),
-    "fluo_plate_norm": ("SSL fluo only, plate normalisation", "la", "fluo"),
-    "fluo_percentile_norm": ("SSL fluo only, per-image percentile", "fluo_pct", "full"),
+    "fluo_plate_norm": ("SSL fluo only, plate normalisation", "fluo_plate", "full"),
+    "fluo_percentile_norm": ("SSL fluo only, per-image percentile", "la", "fluo"),
+    "center_ema": ("SSL with upstream's centre EMA 0.9 (tiny configs: batch centring)", "cema", "full"),
     "classical": ("classical intensity/texture statistics", None, "classical"),
 }
 # Paper directions: (name, better arm, worse arm, source of the claim).
@@ -97,6 +106,7 @@ DIRECTIONS = (
     ("cross-plate alignment beats none", "aligned", "ssl", "paper Sec. 3.3.3 (challenge score)"),
     ("plate normalisation beats per-image percentile", "fluo_plate_norm", "fluo_percentile_norm", "issue 13 item 1"),
     ("SSL beats the classical baseline", "ssl", "classical", "paper: 38.6 vs 24.1 (CellProfiler)"),
+    ("batch centring beats centre EMA 0.9", "ssl", "center_ema", "tiny configs' dino.center_momentum 0"),
 )
 
 # Size presets. Timings measured on the shared 2-core machine are in the README's fidelity section.

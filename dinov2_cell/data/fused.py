@@ -28,8 +28,41 @@ _ranks = None
 _tried = False
 
 
+def _import_numba():
+    """``import numba``, also after upstream DINOv2 replaced ``builtins.print``.
+
+    ``dinov2.distributed.enable`` swaps ``builtins.print`` for a rank-filtering wrapper defined in
+    ``dinov2.distributed``; numba registers the builtin ``print`` by looking it up in its module and fails on the
+    wrapper ("module 'dinov2.distributed' has no attribute 'print'"). The wrapper keeps the real print in its closure:
+    it is put back for the import only.
+    """
+    import builtins
+
+    current = builtins.print
+    if getattr(current, "__module__", "builtins") == "builtins":
+        import numba
+
+        return numba
+    original = None
+    for cell in getattr(current, "__closure__", None) or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if getattr(value, "__module__", None) == "builtins" and getattr(value, "__name__", None) == "print":
+            original = value
+    if original is None:
+        raise ImportError("builtins.print is replaced by a function that does not wrap the builtin print")
+    builtins.print = original
+    try:
+        import numba
+    finally:
+        builtins.print = current
+    return numba
+
+
 def _compile():
-    import numba
+    numba = _import_numba()
 
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def kernel(src, dst, scale, bias, r0, r1, c0, c1):  # pragma: no cover - compiled; its output is tested
@@ -84,8 +117,8 @@ def available() -> bool:
         _tried = True
         try:
             _kernel, _ranks = _compile()
-        except ImportError:
-            logger.debug("numba not installed: normalisation uses the numpy path")
+        except ImportError as e:
+            logger.debug("numba not usable (%s): normalisation uses the numpy path", e)
             _kernel = _ranks = None
     return _kernel is not None
 

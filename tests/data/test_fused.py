@@ -78,3 +78,25 @@ def test_unsupported_inputs_fall_back():
     assert not fused.scale_clip(np.zeros((2, 4, 4), np.int64), out, s, b)  # dtype not compiled for
     assert not fused.scale_clip(np.zeros((2, 4, 5), np.uint16), out, s, b)  # shape mismatch
     assert fused.scale_clip(np.full((2, 4, 4), 7, np.uint16), out, s, b) and float(out.max()) == 1.0
+
+
+def test_available_after_upstream_replaces_print():
+    """dinov2.distributed.enable() swaps builtins.print for a wrapper; numba must still import (fresh process)."""
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    code = (
+        "import builtins\n"
+        "import dinov2.distributed as d\n"
+        "d._restrict_print_to_main_process()  # what dinov2.distributed.enable() does\n"
+        "patched = builtins.print\n"
+        "assert patched.__module__ == 'dinov2.distributed'\n"
+        "from dinov2_cell.data import fused\n"
+        "assert fused.available(), 'compiled pass unavailable'\n"
+        "assert builtins.print is patched\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env())
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
