@@ -118,7 +118,10 @@ def available() -> bool:
         try:
             _kernel, _ranks = _compile()
         except ImportError as e:
-            logger.debug("numba not usable (%s): normalisation uses the numpy path", e)
+            logger.debug("numba not installed (%s): normalisation uses the numpy path", e)
+            _kernel = _ranks = None
+        except Exception as e:  # e.g. no writable cache folder for cache=True: slower, never wrong
+            logger.warning("numba unusable (%s: %s): normalisation uses the numpy path", type(e).__name__, e)
             _kernel = _ranks = None
     return _kernel is not None
 
