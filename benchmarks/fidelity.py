@@ -30,7 +30,7 @@ Confidence intervals are two-sided 95 % Student t intervals over seeds (mean +- 
 ddof=1). A paper direction "A beats B" is judged on the paired per-seed difference A - B: ``holds`` when its CI lies
 above 0, ``reversed`` when below, ``unresolved`` when it contains 0 (or fewer than 2 paired seeds exist).
 
-    python benchmarks/fidelity.py --out /work/fidelity_cpu                    # CPU preset (~45 min on 2 cores)
+    python benchmarks/fidelity.py --out /work/fidelity_cpu                    # CPU preset (~22 min on 2 idle cores)
     python benchmarks/fidelity.py --out runs/fid_gpu --preset gpu             # one H200, ~8 minutes (not yet run)
     python benchmarks/fidelity.py --out /tmp/fid --preset toy --arms random_init,classical --seeds 0,1
 """
