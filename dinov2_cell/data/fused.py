@@ -8,7 +8,7 @@ same order (convert, multiply by ``s``, add ``b``, clip), without fused multiply
 ``fastmath=False``), so the output is bit-identical to the numpy path; ``tests/data/test_fused.py`` checks it.
 
 numba is optional: without it (or with ``DINOV2_CELL_NUMBA=0`` in the environment) :func:`scale_clip` returns
-``None`` and callers use their numpy path. Compiled code is cached on disk (numba ``cache=True``), so a new process
+False, :func:`ranked_values` None, and callers use their numpy path. Compiled code is cached on disk (numba ``cache=True``), so a new process
 (a DataLoader worker) loads it instead of compiling again.
 """
 

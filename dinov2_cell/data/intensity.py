@@ -139,13 +139,7 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
     Returns:
         float32 tensor C x H x W sharing memory with the buffer.
     """
-    low = np.asarray(low, dtype=np.float64)
-    high = np.asarray(high, dtype=np.float64)
-    span = high - low
-    safe = span > 0
-    scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
-    s = scale.astype(np.float32)
-    b = (-low * scale).astype(np.float32)
+    s, b = _unit_factors(low, high)
     owned = image.dtype == np.float32 and inplace and image.flags.c_contiguous and image.flags.writeable
     if image.ndim == 2:
         return scale_to_unit(image[None], low, high, inplace)[0]
@@ -153,21 +147,42 @@ def scale_to_unit(image: np.ndarray, low, high, inplace: bool = False) -> torch.
         raise ValueError(f"expected a C x H x W image, got shape {image.shape}")
     out = image if owned else np.empty(image.shape, dtype=np.float32)
     out_t = torch.from_numpy(out)
-    if fused.scale_clip(image, out, s, b):  # one compiled pass when numba is installed; same bits
-        return out_t
-    # Row blocks of ~_BLOCK_ELEMENTS stay in the CPU cache through convert, multiply, add and clip: the same
-    # element-wise operations (bit-identical results) with one trip to memory instead of four.
-    rows = max(1, _BLOCK_ELEMENTS // max(1, image.shape[2]))
-    for c in range(image.shape[0]):
-        sc, bc = s[c], b[c]
-        for r in range(0, image.shape[1], rows):
-            o = out[c, r : r + rows]
-            if not owned:
-                np.copyto(o, image[c, r : r + rows], casting="unsafe")
+    _scale_box(image, out, out_t, s, b, (0, image.shape[1], 0, image.shape[2]))
+    return out_t
+
+
+def _unit_factors(low, high) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (scale, bias) per channel, ``(x - low) / (high - low) = x * scale + bias``; 0, 0 where high <= low."""
+    low = np.asarray(low, dtype=np.float64).reshape(-1)
+    high = np.asarray(high, dtype=np.float64).reshape(-1)
+    span = high - low
+    safe = span > 0
+    scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
+    return scale.astype(np.float32), (-low * scale).astype(np.float32)
+
+
+def _scale_box(src: np.ndarray, out: np.ndarray, out_t: torch.Tensor, s, b, box) -> None:
+    """``out[:, box] = clip(float32(src[:, box]) * s + b, 0, 1)``: the compiled pass, else numpy.
+
+    The numpy path works on row blocks of ~_BLOCK_ELEMENTS that stay in the CPU cache through convert, multiply, add
+    and clip: the same element-wise operations (bit-identical results) with one trip to memory instead of four.
+    ``src`` may be ``out`` (in place: no conversion copy).
+    """
+    if fused.scale_clip(src, out, s, b, box):  # one compiled pass when numba is installed; same bits
+        return
+    r0, r1, c0, c1 = box
+    rows = max(1, _BLOCK_ELEMENTS // max(1, c1 - c0))
+    cs = slice(c0, c1)
+    for c in range(src.shape[0]):
+        sc, bc = s[c], b[c]  # scalars: faster than broadcasting (C, 1, 1) factors
+        for r in range(r0, r1, rows):
+            rs = slice(r, min(r + rows, r1))
+            o = out[c, rs, cs]
+            if src is not out:
+                np.copyto(o, src[c, rs, cs], casting="unsafe")
             np.multiply(o, sc, out=o)
             np.add(o, bc, out=o)
-            out_t[c, r : r + rows].clamp_(0.0, 1.0)
-    return out_t
+            out_t[c, rs, cs].clamp_(0.0, 1.0)
 
 
 # Tile side of RawSite's deferred conversion: 5 x 128 x 128 float32 (320 KB) stays in a core's L2 cache.
@@ -199,13 +214,7 @@ class RawSite:
             raise ValueError(
                 f"RawSite: bounds of shape {self.low.shape}/{self.high.shape} for {pixels.shape[0]} channels"
             )
-        span = self.high - self.low
-        safe = span > 0
-        scale = np.where(safe, 1.0 / np.where(safe, span, 1.0), 0.0)
-        # float32 factors computed exactly as scale_to_unit does, so the results are bit-identical.
-        self._s = scale.astype(np.float32).reshape(-1, 1, 1)
-        self._b = (-self.low * scale).astype(np.float32).reshape(-1, 1, 1)
-        self._s_flat, self._b_flat = self._s.reshape(-1), self._b.reshape(-1)
+        self._s, self._b = _unit_factors(self.low, self.high)  # as scale_to_unit: bit-identical results
         self._out: np.ndarray | None = None
         self._out_t: torch.Tensor | None = None
         self._done: np.ndarray | None = None
@@ -232,17 +241,8 @@ class RawSite:
                 while tj < last and not self._done[ti, tj]:
                     tj += 1
                 self._done[ti, run:tj] = True
-                self._convert_box(ti * _TILE, (ti + 1) * _TILE, run * _TILE, tj * _TILE)
-
-    def _convert_box(self, r0: int, r1: int, c0: int, c1: int) -> None:
-        if fused.scale_clip(self.pixels, self._out, self._s_flat, self._b_flat, (r0, r1, c0, c1)):
-            return
-        rs, cs = slice(r0, r1), slice(c0, c1)
-        o = self._out[:, rs, cs]
-        np.copyto(o, self.pixels[:, rs, cs], casting="unsafe")
-        np.multiply(o, self._s, out=o)
-        np.add(o, self._b, out=o)
-        self._out_t[:, rs, cs].clamp_(0.0, 1.0)
+                box = (ti * _TILE, (ti + 1) * _TILE, run * _TILE, tj * _TILE)
+                _scale_box(self.pixels, self._out, self._out_t, self._s, self._b, box)
 
     def crop(self, top: int, left: int, height: int, width: int) -> torch.Tensor:
         """The normalised pixels of a box, float32 in [0, 1] (a view; the caller must not write to it).
