@@ -45,9 +45,15 @@ class LocalAggregationMetaArch(SSLMetaArch):
         la_cfg = cfg.get("local_aggregation", None)
         self.local_aggregation_loss_weight = float(la_cfg.loss_weight) if la_cfg is not None else 0.0
         self.local_aggregation_koleo_loss_weight = float(la_cfg.koleo_loss_weight) if la_cfg is not None else 0.0
-        self.do_local_aggregation = self.local_aggregation_loss_weight > 0
+        # keep_koleo_when_off: with loss_weight 0 the student still sees v2 for its KoLeo term, so that "local
+        # aggregation off" ablates the cross-site DINO term alone
+        keep_koleo = bool(la_cfg.get("keep_koleo_when_off", False)) if la_cfg is not None else False
+        self.do_local_aggregation_dino = self.local_aggregation_loss_weight > 0
+        self.do_local_aggregation = self.do_local_aggregation_dino or (
+            keep_koleo and self.local_aggregation_koleo_loss_weight > 0
+        )
         if self.do_local_aggregation:
-            if not self.do_dino:
+            if not self.do_dino and self.do_local_aggregation_dino:
                 raise ValueError("local_aggregation.loss_weight > 0 needs the DINO head: set dino.loss_weight > 0")
             if self.local_aggregation_koleo_loss_weight > 0 and not hasattr(self, "koleo_loss"):
                 self.koleo_loss = KoLeoLoss()
@@ -116,14 +122,17 @@ class LocalAggregationMetaArch(SSLMetaArch):
             teacher_probs: (2B, K) teacher probabilities of the two global crops of v1, as upstream computed them.
 
         Returns:
-            (dino_term, koleo_term or None); koleo_term already carries its weight, like upstream's `koleo_loss`.
+            (dino_term or None, koleo_term or None); dino_term is None when `loss_weight` is 0 (the KoLeo-only
+            ablation); koleo_term already carries its weight, like upstream's `koleo_loss`.
         """
         out = self.student.backbone(other_site_crops, is_training=True)
         cls_tokens = out["x_norm_clstoken"]
-        logits = self.student.dino_head(cls_tokens)
-        teacher_views = list(teacher_probs.chunk(2))
-        dino_term = self.dino_loss(student_output_list=[logits], teacher_out_softmaxed_centered_list=teacher_views)
-        dino_term = dino_term / len(teacher_views)
+        dino_term = None
+        if self.do_local_aggregation_dino:
+            logits = self.student.dino_head(cls_tokens)
+            teacher_views = list(teacher_probs.chunk(2))
+            dino_term = self.dino_loss(student_output_list=[logits], teacher_out_softmaxed_centered_list=teacher_views)
+            dino_term = dino_term / len(teacher_views)
         koleo_term = None
         if self.local_aggregation_koleo_loss_weight > 0:
             koleo_term = self.local_aggregation_koleo_loss_weight * self.koleo_loss(cls_tokens)
@@ -148,10 +157,13 @@ class LocalAggregationMetaArch(SSLMetaArch):
             restore()
         device = next(self.student.parameters()).device
         other = images[OTHER_SITE_KEY].to(device, non_blocking=True)
-        dino_term, koleo_term = self.local_aggregation_losses(other, captured["probs"])
-        self.last_local_aggregation_targets = captured["probs"].detach()
-        total = self._deferred_loss + self.local_aggregation_loss_weight * dino_term
-        loss_dict["local_aggregation_loss"] = dino_term
+        probs = captured.get("probs")
+        dino_term, koleo_term = self.local_aggregation_losses(other, probs)
+        self.last_local_aggregation_targets = probs.detach() if probs is not None else None
+        total = self._deferred_loss
+        if dino_term is not None:
+            total = total + self.local_aggregation_loss_weight * dino_term
+            loss_dict["local_aggregation_loss"] = dino_term
         if koleo_term is not None:
             total = total + koleo_term
             loss_dict["local_aggregation_koleo_loss"] = koleo_term
