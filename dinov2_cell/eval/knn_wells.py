@@ -58,9 +58,10 @@ from dinov2_cell.eval.inputs import (  # noqa: F401  (part of this API)
     load_table,
     load_tables,
 )
-from dinov2_cell.eval.normalize import METHODS, normalize_profiles
+from dinov2_cell.eval.normalize import METHODS
+from dinov2_cell.eval.postprocess import PostProcess, parse_block_weights
 from dinov2_cell.eval.outputs import KNN_FILES, format_table, write_outputs  # noqa: F401  (part of this API)
-from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
+from dinov2_cell.profiles.io import check_profiles, feature_columns, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
 
@@ -199,6 +200,8 @@ def evaluate(
     feature_cols: Sequence[str] | None = None,
     source: str | None = None,
     cross_line_train: str = "fold",
+    feature_select: bool = False,
+    block_weights: dict | None = None,
 ) -> dict:
     """Run the challenge kNN protocol (see module docstring).
 
@@ -218,6 +221,9 @@ def evaluate(
         source: name of the table in error messages (default: its path, or "profiles").
         cross_line_train: training set of a combination of two cell lines: ``fold`` (the source's plates outside
             fold ``f``, as within a line) or ``all`` (every source plate).
+        feature_select: pycytominer feature selection after normalising (:mod:`dinov2_cell.eval.postprocess`).
+        block_weights: scale each model block (``fluo_``, ``bf_``) to unit mean norm times its weight (``{}``: all
+            1); None keeps the raw concatenation.
 
     Returns:
         Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
@@ -243,7 +249,9 @@ def evaluate(
         df = df[df[PLATE].astype(str).isin(set(map(str, plates)))].reset_index(drop=True)
         if df.empty:
             raise ValueError(f"{source}: none of the requested plates is in the table")
-    df = normalize_profiles(df, normalize, feats)
+    post = PostProcess(normalize, feature_select, block_weights)
+    df = post(df, feats)
+    feats = [c for c in feature_columns(df) if c in set(feats)]
     keep = ~is_control(df)
     df = df[keep].reset_index(drop=True)
     if df.empty:
@@ -320,6 +328,9 @@ def evaluate(
         "weights": weights,
         "n_folds": n_folds,
         "normalize": normalize,
+        "feature_select": bool(feature_select),
+        "block_weights": None if block_weights is None else dict(block_weights),
+        "postprocess": post.describe(),
         "label_col": label_col,
         "cell_line_col": cell_line_col,
         "seed": seed,
@@ -357,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds", type=positive_int, default=5, help="plate folds per cell line (fewer plates: leave-one-plate-out)"
     )
     g.add_argument("--normalize", choices=METHODS, default="none", help="per-plate normalisation against DMSO wells")
+    g.add_argument(
+        "--feature-select",
+        action="store_true",
+        help="pycytominer feature selection (the JUMP recipe's operations) after normalising",
+    )
+    g.add_argument(
+        "--block-weights",
+        default=None,
+        metavar="BLOCK=W,...",
+        help="scale each model's features (column prefix: fluo, bf, ...) to unit mean norm times its weight, e.g. "
+        "fluo=1,bf=0.5 ('all' = every block at 1); default: the raw concatenation",
+    )
     g.add_argument("--label-col", default=BROAD, help="class label column")
     g.add_argument("--cell-line-col", default=CELL_LINE, help="cell line column")
     g.add_argument("--plates", type=comma_list, default=None, metavar="A,B,...", help="comma-separated plates to use")
@@ -392,6 +415,10 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         (kNN result, mAP result or None).
     """
     plates = args.plates or None
+    try:
+        block_weights = {} if args.block_weights == "all" else parse_block_weights(args.block_weights)
+    except ValueError as e:
+        raise UsageError(f"--block-weights: {e}")
     if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out}: not a folder")
     if args.out and not args.overwrite:
@@ -414,6 +441,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         seed=args.seed,
         source=source,
         cross_line_train=args.cross_line_train,
+        feature_select=args.feature_select,
+        block_weights=block_weights,
     )
     result["config"]["profiles"] = (
         os.path.abspath(args.profiles[0]) if len(args.profiles) == 1 else [os.path.abspath(p) for p in args.profiles]
@@ -431,6 +460,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
             label_col=args.label_col,
             split_by=(args.cell_line_col,),
             cache_dir=args.map_cache_dir,
+            feature_select=args.feature_select,
+            block_weights=block_weights,
         )
     print(format_table(result, map_result))
     if args.out:

@@ -29,9 +29,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from dinov2_cell.eval.normalize import METHODS, normalize_profiles
+from dinov2_cell.eval.normalize import METHODS
+from dinov2_cell.eval.postprocess import PostProcess
 from dinov2_cell.columns import BROAD, CELL_LINE, PLATE, TARGET
-from dinov2_cell.profiles.io import check_profiles, is_control, read_profiles
+from dinov2_cell.profiles.io import check_profiles, feature_columns, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
 
@@ -247,6 +248,8 @@ def map_scores(
     batch_size: int = 20000,
     progress: bool = False,
     feature_cols: Sequence[str] | None = None,
+    feature_select: bool = False,
+    block_weights: dict | None = None,
 ) -> dict:
     """Phenotypic activity and consistency mAP per group (see module docstring).
 
@@ -267,6 +270,8 @@ def map_scores(
         batch_size: copairs similarity batch size.
         progress: copairs progress bars.
         feature_cols: features (default all).
+        feature_select: pycytominer feature selection after normalising (:mod:`dinov2_cell.eval.postprocess`).
+        block_weights: scale each model block to unit mean norm times its weight; None keeps the raw concatenation.
 
     Returns:
         Dict with ``config`` and, for ``activity`` and ``consistency``: ``summary`` (group name -> mean mAP, fraction
@@ -284,7 +289,9 @@ def map_scores(
     required = [PLATE, label_col, *split_by] + ([target_col] if consistency else [])
     feats = check_profiles(df, required=required, source=source, unique_wells=False)
     feats = list(feature_cols) if feature_cols is not None else feats
-    df = normalize_profiles(df, normalize, feats).reset_index(drop=True)
+    post = PostProcess(normalize, feature_select, block_weights)
+    df = post(df, feats).reset_index(drop=True)
+    feats = [c for c in feature_columns(df) if c in set(feats)]
     groups = df.groupby(split_by, sort=True).indices if split_by else {"all": np.arange(len(df))}
     act_tables, con_tables = [], []
     act_summary, con_summary = {}, {}
@@ -323,6 +330,7 @@ def map_scores(
     out = {
         "config": {
             "normalize": normalize,
+            "postprocess": post.describe(),
             "null_size": null_size,
             "threshold": threshold,
             "seed": seed,

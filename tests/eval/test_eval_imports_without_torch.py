@@ -15,6 +15,7 @@ BLOCKED = ("torch", "torchvision", "xformers", "dinov2")
 MODULES = [
     "dinov2_cell.eval.knn_wells",
     "dinov2_cell.eval.map",
+    "dinov2_cell.eval.postprocess",
     "dinov2_cell.eval.outputs",
     "dinov2_cell.eval.inputs",
     "dinov2_cell.profiles.io",

@@ -102,6 +102,48 @@ def test_on_gradient_is_upstream_gradient_plus_extra_term():
         assert torch.allclose(g, ref, atol=1e-5, rtol=1e-4), name
 
 
+def test_keep_koleo_when_off_adds_only_the_second_view_koleo():
+    """The ablation arm: cross-site DINO term removed, v2 KoLeo kept; loss and gradient = upstream + weighted KoLeo."""
+    cfg = tiny_cfg(
+        "local_aggregation.loss_weight=0",
+        "local_aggregation.koleo_loss_weight=0.4",
+        "local_aggregation.keep_koleo_when_off=true",
+        "student.layerscale=1.0",
+    )
+    model = _unwrapped(LocalAggregationMetaArch, cfg)
+    upstream = _unwrapped(SSLMetaArch, cfg)
+    assert model.do_local_aggregation and not model.do_local_aggregation_dino
+    batch = make_batch(cfg, batch_size=5, other_site=True, seed=6)
+    with torch.no_grad():
+        s_cls = model.student.backbone(batch["collated_other_site_crops"], is_training=True)["x_norm_clstoken"]
+        x = F.normalize(s_cls, dim=-1).numpy().astype(np.float64)
+        _, nn = NearestNeighbors(n_neighbors=2).fit(x).kneighbors(x)
+        expected_koleo = 0.4 * float(-np.log(np.linalg.norm(x - x[nn[:, 1]] + 1e-8, axis=1) + 1e-8).mean())
+    torch.manual_seed(1)
+    losses = model.forward_backward(batch, teacher_temp=0.07)
+    torch.manual_seed(1)
+    reference = upstream.forward_backward(batch, teacher_temp=0.07)
+    assert "local_aggregation_loss" not in losses
+    assert float(losses["local_aggregation_koleo_loss"]) == pytest.approx(expected_koleo, rel=1e-4)
+    for k, v in reference.items():
+        assert float(losses[k]) == pytest.approx(float(v), rel=1e-6), k
+    # gradient: upstream's plus that of the weighted KoLeo term alone, on a fresh copy
+    extra = _unwrapped(LocalAggregationMetaArch, cfg)
+    dino_term, koleo_term = extra.local_aggregation_losses(batch["collated_other_site_crops"], None)
+    assert dino_term is None
+    koleo_term.backward()
+    g_all, g_up, g_extra = _grads(model), _grads(upstream), _grads(extra)
+    assert g_extra  # the KoLeo term reaches the student backbone
+    for name, g in g_all.items():
+        ref = g_up.get(name, torch.zeros_like(g)) + g_extra.get(name, torch.zeros_like(g))
+        assert torch.allclose(g, ref, atol=1e-5, rtol=1e-4), name
+
+
+def test_off_without_keep_koleo_needs_no_other_site():
+    model = _unwrapped(LocalAggregationMetaArch, tiny_cfg("local_aggregation.loss_weight=0"))
+    assert not model.do_local_aggregation  # default keep_koleo_when_off false: upstream exactly (test above)
+
+
 def test_missing_other_site_view_is_a_clear_error():
     model = _unwrapped(LocalAggregationMetaArch, tiny_cfg())
     with pytest.raises(KeyError, match="collated_other_site_crops"):
