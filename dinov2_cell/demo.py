@@ -44,6 +44,11 @@ CP_CORRELATIONS = ("pearson", "manders_fold", "rwc")
 # Two plates per cell line (plate-wise folds become leave-one-plate-out); BR00117015 is imaged with 16 sites per well.
 DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
+# One post-processing for every row of the table (CellProfiler included). Defaults measured on the demo's plates,
+# see docs/benchmarks.md ("Post-processing").
+DEFAULT_NORMALIZE = "mad_robustize"
+DEFAULT_FEATURE_SELECT = False
+DEFAULT_BLOCK_WEIGHTS = "fluo=1,bf=0.5"
 HEALTH_RUNS = {"fluo_la": "fluo, LA", "fluo_nola": "fluo, no LA", "bf_la": "bf, LA", "bf_nola": "bf, no LA"}
 
 
@@ -79,6 +84,26 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=positive_int,
         default=4,
         help="teacher checkpoints of the fluorescent local-aggregation run probed with kNN (default 4)",
+    )
+    p.add_argument(
+        "--normalize",
+        default=DEFAULT_NORMALIZE,
+        choices=("none", "standardize", "robustize", "mad_robustize", "spherize"),
+        help=f"per-plate normalisation against DMSO wells, applied to every row of the table alike (default "
+        f"{DEFAULT_NORMALIZE})",
+    )
+    p.add_argument(
+        "--feature-select",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULT_FEATURE_SELECT,
+        help="pycytominer feature selection after normalising, for every row alike",
+    )
+    p.add_argument(
+        "--block-weights",
+        default=DEFAULT_BLOCK_WEIGHTS,
+        metavar="BLOCK=W,...",
+        help="fused ViT profiles: each model's block (fluo, bf) scaled to unit mean norm times its weight; 'raw' = "
+        f"the paper's raw concatenation (default {DEFAULT_BLOCK_WEIGHTS})",
     )
     p.add_argument(
         "--cp-sites-per-well",
@@ -205,7 +230,7 @@ def checkpoint_probe(args, plates_dir: str, run: str, random_run: str, out: str)
     curve = []
     for iteration, ckpt in sorted(points):
         path = embed_plates({"fluo": ckpt}, plates_dir, os.path.join(out, f"iter_{iteration}"), progress=False)
-        knn = evaluate(read_profiles(path))
+        knn = evaluate(read_profiles(path), normalize=args.normalize)
         curve.append({"iteration": iteration, "knn_mean_accuracy": knn["mean"]["accuracy"]})
         logger.info("kNN probe, fluo teacher at iteration %d: %.1f %%", iteration, 100 * curve[-1]["knn_mean_accuracy"])
     return curve
@@ -278,6 +303,22 @@ def profiles(args, plates_dir: str, runs: dict[str, str], out: str, elapsed: dic
     return paths
 
 
+def postprocess(args, name: str):
+    """The row's post-processing: the same normalisation and selection for every row; block scaling for fused ViTs.
+
+    Args:
+        args: the demo's arguments.
+        name: the row (a key of :data:`MODELS`).
+
+    Returns:
+        A :class:`~dinov2_cell.eval.postprocess.PostProcess`.
+    """
+    from dinov2_cell.eval.postprocess import PostProcess, parse_block_weights
+
+    fused = name != "cellprofiler" and args.block_weights != "raw"
+    return PostProcess(args.normalize, args.feature_select, parse_block_weights(args.block_weights) if fused else None)
+
+
 def evaluate_all(args, paths: dict[str, str], out: str) -> dict:
     """Step 5: challenge kNN + copairs mAP for every variant; writes OUT/eval/<variant>/ and returns the scores."""
     from dinov2_cell.eval.knn_wells import evaluate, write_outputs
@@ -287,13 +328,16 @@ def evaluate_all(args, paths: dict[str, str], out: str) -> dict:
     results = {}
     for name, path in paths.items():
         df = read_profiles(path)
-        knn = evaluate(df)
+        post = postprocess(args, name)
+        opts = dict(normalize=post.normalize, feature_select=post.feature_select, block_weights=post.block_weights)
+        knn = evaluate(df, **opts)
         # all compounds for consistency: with ~40 compounds, few targets have two *active* ones
-        mp = map_scores(df, null_size=args.null_size, seed=args.seed, consistency_active_only=False)
+        mp = map_scores(df, null_size=args.null_size, seed=args.seed, consistency_active_only=False, **opts)
         write_outputs(knn, os.path.join(out, name), map_result=mp, overwrite=True)
         labels = df.loc[df["Metadata_pert_iname"] != "DMSO", "Metadata_broad_sample"]
         results[name] = {
             "label": model_label(name, args),
+            "postprocess": post.describe(),
             "knn": knn,
             "map": {k: mp[k]["summary"] for k in ("activity", "consistency")},
             "chance": 1.0 / max(labels.nunique(), 1),
@@ -329,8 +373,15 @@ def format_results(results: dict) -> str:
     if "cellprofiler" in results:
         lines.append(
             f"CellProfiler: families {', '.join(CP_FAMILIES)} (colocalization: {', '.join(CP_CORRELATIONS)}; no "
-            "Costes, no intensity Zernikes), median per well, per-plate mad_robustize vs DMSO, feature selection"
+            "Costes, no intensity Zernikes), median per well, per-plate mad_robustize vs DMSO, feature selection "
+            "(the profiling recipe), then the post-processing below"
         )
+    posts = {r["postprocess"] for name, r in results.items() if name != "cellprofiler" and "postprocess" in r}
+    for name, r in results.items():
+        if "postprocess" in r and (name == "cellprofiler" or len(posts) > 1):
+            lines.append(f"post-processing, {r.get('label', name)}: {r['postprocess']}")
+    if len(posts) == 1:
+        lines.append(f"post-processing of every ViT row: {posts.pop()}")
     return "\n".join(lines)
 
 
@@ -548,6 +599,14 @@ def main(argv=None) -> int:
     from dinov2_cell.cli import setup_logging
 
     args = get_args_parser().parse_args(argv)
+    if args.block_weights != "raw":
+        from dinov2_cell.cli import UsageError
+        from dinov2_cell.eval.postprocess import parse_block_weights
+
+        try:
+            parse_block_weights(args.block_weights)
+        except ValueError as e:
+            raise UsageError(f"--block-weights: {e}") from None
     setup_logging(args.debug)
     logging.getLogger("copairs").setLevel(logging.WARNING)  # per-step INFO lines drown the demo's own
     t0 = time.time()
