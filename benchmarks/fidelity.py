@@ -90,7 +90,11 @@ ARMS = {
     "joint_8ch": ("SSL, one joint 8-channel model", "joint", "full"),
     "no_local_aggregation": ("SSL, local aggregation off", "nola", "full"),
     "site_mean": ("SSL, 9 sites averaged", "la", "mean"),
-    "aligned": ("SSL + cross-plate alignment (layout knowledge)", "la", "aligned"),
+    "aligned": (
+        "SSL + cross-plate alignment (LABEL LEAKAGE: same position = same compound, test plates pooled)",
+        "la",
+        "aligned",
+    ),
     "fluo_plate_norm": ("SSL fluo only, plate normalisation", "fluo_plate", "full"),
     "fluo_percentile_norm": ("SSL fluo only, per-image percentile", "la", "fluo"),
     "center_ema": ("SSL with upstream's centre EMA 0.9 (tiny configs: batch centring)", "cema", "full"),
@@ -103,9 +107,14 @@ DIRECTIONS = (
     ("separate fluo/bf beats joint 8-channel", "ssl", "joint_8ch", "paper ablation 20.9 -> 24.9"),
     ("local aggregation on beats off", "ssl", "no_local_aggregation", "paper ablation 35.4 -> 38.6 (main claim)"),
     ("9-site concatenation beats mean", "ssl", "site_mean", "paper Sec. 3.3"),
-    ("cross-plate alignment beats none", "aligned", "ssl", "paper Sec. 3.3.3 (challenge score)"),
+    ("cross-plate alignment beats none", "aligned", "ssl", "paper Sec. 3.3.3 (challenge score); here label leakage"),
     ("plate normalisation beats per-image percentile", "fluo_plate_norm", "fluo_percentile_norm", "issue 13 item 1"),
-    ("SSL beats the classical baseline", "ssl", "classical", "paper: 38.6 vs 24.1 (CellProfiler)"),
+    (
+        "SSL beats the classical baseline",
+        "ssl",
+        "classical",
+        "paper: 38.6 vs 24.1 for the organisers' example representations (not said to be CellProfiler)",
+    ),
     ("batch centring beats centre EMA 0.9", "ssl", "center_ema", "tiny configs' dino.center_momentum 0"),
 )
 
