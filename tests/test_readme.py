@@ -1,5 +1,6 @@
-"""README commands stay true: every `python -m` / `torchrun -m` / `slurm/launch.sh` line names a real entry point, and
-every `--flag` it uses is one that entry point accepts (the commands themselves run in the CLI tests and the demo)."""
+"""README and docs/ commands stay true: every `python -m` / `torchrun -m` / `slurm/launch.sh` line names a real entry
+point, and every `--flag` it uses is one that entry point accepts (the commands themselves run in the CLI tests and
+the demo); user docs name no file outside the repository."""
 
 import os
 import re
@@ -11,7 +12,12 @@ import pytest
 from helpers import PYTHON, REPO, child_env
 
 README = open(os.path.join(REPO, "README.md")).read()
-BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+DOCS = {
+    name: open(os.path.join(REPO, "docs", name)).read()
+    for name in sorted(os.listdir(os.path.join(REPO, "docs")))
+    if name.endswith(".md")
+}
+BLOCKS = [b for text in [README, *DOCS.values()] for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
 LINES = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -35,6 +41,22 @@ def test_readme_has_the_two_commands_and_they_exist():
     ci = open(os.path.join(REPO, ".ci", "run")).read()
     assert "make test" in ci
     assert len(ENTRIES) >= 8
+
+
+def test_readme_is_short_and_status_first():
+    lines = README.splitlines()
+    assert len(lines) <= 220, len(lines)
+    headings = [line for line in lines if line.startswith("## ")]
+    assert headings[0] == "## Status"
+    assert "Nothing has been trained on real CPJUMP1 images" in README
+    for name in DOCS:
+        assert f"docs/{name}" in README, f"README does not link docs/{name}"
+
+
+@pytest.mark.parametrize("name", ["README.md", *[f"docs/{n}" for n in DOCS]])
+def test_user_docs_name_no_file_outside_the_repository(name):
+    text = README if name == "README.md" else DOCS[name[5:]]
+    assert "../shared" not in text and "REAL-BENCHMARKS" not in text, name
 
 
 @pytest.mark.parametrize("kind,name,words", ENTRIES, ids=[" ".join(e[2][:4]) for e in ENTRIES])

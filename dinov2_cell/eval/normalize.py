@@ -44,6 +44,14 @@ def spherize_on_controls(df: pd.DataFrame, features: list[str], eps: float = 1e-
     """
     from pycytominer import normalize
 
+    n_controls = int(is_control(df).sum())
+    if n_controls <= len(features):
+        # After per-plate centring the pooled DMSO wells span at most n - plates dimensions; pycytominer's ZCA then
+        # fails its own rank check with "This is likely a bug" instead of naming the cause.
+        raise ValueError(
+            f"spherize: {n_controls} DMSO wells for {len(features)} features; sphering needs more DMSO wells than "
+            "features (select features first, or use a per-plate method such as mad_robustize)"
+        )
     work = df.copy()
     work[_CONTROL_COL] = np.where(is_control(df), "yes", "no")
     out = normalize(

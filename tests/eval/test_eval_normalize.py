@@ -80,3 +80,11 @@ def test_errors(planted):
         normalize_profiles(planted, "zscore")
     assert normalize_profiles(planted, "none").equals(planted)
     assert set(METHODS) >= {"standardize", "robustize", "mad_robustize", "spherize"}
+
+
+def test_spherize_with_fewer_controls_than_features_is_a_clear_error(planted):
+    wide = planted.copy()
+    for j in range(80):  # 66 DMSO wells, 16 + 80 features
+        wide[f"g{j:02d}"] = np.random.default_rng(j).normal(size=len(wide))
+    with pytest.raises(ValueError, match="66 DMSO wells for 96 features"):
+        normalize_profiles(wide, "spherize")
