@@ -39,8 +39,12 @@ def grid(demo: str) -> list[dict]:
         df = read_profiles(path)
         fusions = {"-": None} if row == "cellprofiler" else FUSION
         for norm, fs, (fname, weights) in itertools.product(NORMALIZE, (False, True), fusions.items()):
-            knn = evaluate(df, normalize=norm, feature_select=fs, block_weights=weights)
-            out.append(dict(row=row, normalize=norm, feature_select=fs, fusion=fname, knn_mean=knn["mean"]["accuracy"]))
+            try:
+                value = evaluate(df, normalize=norm, feature_select=fs, block_weights=weights)["mean"]["accuracy"]
+            except ValueError as e:  # e.g. spherize with fewer DMSO wells than features
+                print(f"{row:<26} {norm:<14} fs={fs!s:<5} {fname:<15} not applicable: {e}", flush=True)
+                continue
+            out.append(dict(row=row, normalize=norm, feature_select=fs, fusion=fname, knn_mean=value))
             print(f"{row:<26} {norm:<14} fs={fs!s:<5} {fname:<15} kNN {100 * out[-1]['knn_mean']:.1f}", flush=True)
     return out
 
@@ -53,9 +57,11 @@ def main(argv=None) -> int:
     rows = grid(args.demo)
     vit = [r for r in rows if r["row"] != "cellprofiler"]
     keys = sorted({(r["normalize"], r["feature_select"], r["fusion"]) for r in vit})
-    means = {
-        k: sum(r["knn_mean"] for r in vit if (r["normalize"], r["feature_select"], r["fusion"]) == k) / 3 for k in keys
-    }
+    means = {}
+    for k in keys:
+        vals = [r["knn_mean"] for r in vit if (r["normalize"], r["feature_select"], r["fusion"]) == k]
+        if len(vals) == 3:  # a variant must apply to all three ViT rows
+            means[k] = sum(vals) / 3
     print("\nmean kNN over the three ViT rows, by variant (best first):")
     for k, v in sorted(means.items(), key=lambda kv: -kv[1]):
         print(f"  {100 * v:5.1f}  normalize={k[0]}, feature_select={k[1]}, fusion={k[2]}")
