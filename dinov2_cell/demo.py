@@ -46,8 +46,8 @@ DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 COMBINATIONS = ("U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549")
 # One post-processing for every row of the table (CellProfiler included). Defaults measured on the demo's plates,
 # see docs/benchmarks.md ("Post-processing").
-DEFAULT_NORMALIZE = "mad_robustize"
-DEFAULT_FEATURE_SELECT = False
+DEFAULT_NORMALIZE = "none"
+DEFAULT_FEATURE_SELECT = True
 DEFAULT_BLOCK_WEIGHTS = "fluo=1,bf=0.5"
 HEALTH_RUNS = {"fluo_la": "fluo, LA", "fluo_nola": "fluo, no LA", "bf_la": "bf, LA", "bf_nola": "bf, no LA"}
 
