@@ -161,6 +161,12 @@ def main(argv=None) -> int:
     p.add_argument("--cp-sites-per-well", type=int, default=1, help="CellProfiler: first N sites per well")
     p.add_argument("--no-cellprofiler", action="store_true", help="ViT feature sets only")
     p.add_argument("--null-size", type=int, default=2000)
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated plate variants to run (default all); the "
+        "report covers every variant with results on disk",
+    )
     args = p.parse_args(argv)
     for run in VIT_RUNS:
         ckpt = os.path.join(args.runs, run, "eval", "final", "teacher_checkpoint.pth")
@@ -169,8 +175,17 @@ def main(argv=None) -> int:
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     results = {}
+    wanted = args.variants.split(",") if args.variants else list(variants())
+    unknown = sorted(set(wanted) - set(variants()))
+    if unknown:
+        p.error(f"--variants: unknown {unknown}; choose from {list(variants())}")
     for name, weights in variants().items():
-        results[name] = run_variant(args, name, weights)
+        if name in wanted:
+            results[name] = run_variant(args, name, weights)
+        elif os.path.isfile(os.path.join(args.out, name, "scores.json")):
+            results[name] = json.load(open(os.path.join(args.out, name, "scores.json")))
+        else:
+            continue
         from dinov2_cell.atomic import write_text
 
         md = (

@@ -425,10 +425,12 @@ def probe_seed(args, pipe: SeedRun) -> None:
             key = f"{arm}/{it}"
             if key in done or it > args.iterations:
                 continue
-            if it == args.iterations:
-                ckpt = os.path.join(pipe.run(arm), "eval", "final", "teacher_checkpoint.pth")
-            else:  # upstream names a checkpoint by its 0-based iteration
-                ckpt = os.path.join(pipe.run(arm), "eval", f"training_{it - 1}", "teacher_checkpoint.pth")
+            if it == args.iterations:  # the final teacher: its primary result already holds the same kNN
+                done[key] = json.load(open(result_path(args.out, arm, pipe.seed)))["knn_mean"]
+                write_text(path, json.dumps(done, indent=1))
+                continue
+            # upstream names a checkpoint by its 0-based iteration
+            ckpt = os.path.join(pipe.run(arm), "eval", f"training_{it - 1}", "teacher_checkpoint.pth")
             if not os.path.isfile(ckpt):
                 raise FileNotFoundError(f"{ckpt}: no teacher checkpoint at iteration {it} (--checkpoint-every?)")
             df = pipe.profiles(arm, ckpt, f"probe_{arm}_{it}")

@@ -118,13 +118,13 @@ class PostProcess:
 
     def describe(self) -> str:
         """One line for tables and reports."""
-        parts = ["raw" if self.normalize == "none" else f"per-plate {self.normalize} vs DMSO"]
+        parts = ["no DMSO normalisation" if self.normalize == "none" else f"per-plate {self.normalize} vs DMSO"]
         if self.feature_select:
             parts.append("feature selection")
         if self.block_weights is not None:
             w = ", ".join(f"{k} {v:g}" for k, v in sorted(self.block_weights.items()))
             parts.append("blocks scaled to unit mean norm" + (f" x weight ({w})" if w else ""))
-        return ", ".join(parts)
+        return "raw" if len(parts) == 1 and self.normalize == "none" else ", ".join(parts)
 
     def __call__(self, df: pd.DataFrame, feature_cols: list[str] | None = None) -> pd.DataFrame:
         """Apply the steps in order; returns a new table (metadata untouched)."""
