@@ -421,7 +421,7 @@ def probe_seed(args, pipe: SeedRun) -> None:
     for arm, (_, extra) in ARMS.items():
         if extra is None:
             continue
-        for it in PROBE_ITERATIONS:
+        for it in args.probe_iterations:
             key = f"{arm}/{it}"
             if key in done or it > args.iterations:
                 continue
@@ -678,6 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--null-size", type=int, default=2000, help="copairs null size (default 2000)")
     p.add_argument("--probe", action="store_true", help="also probe the teachers along training (descriptive)")
+    p.add_argument(
+        "--probe-iterations",
+        type=comma_list,
+        default=",".join(map(str, PROBE_ITERATIONS)),
+        help="iterations probed with --probe, multiples of --checkpoint-every (default %(default)s)",
+    )
     p.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one thread each (default 1)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the results on disk")
     return p
@@ -701,6 +707,13 @@ def resolve_args(args) -> argparse.Namespace:
         raise UsageError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     if args.jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        args.probe_iterations = [int(i) for i in args.probe_iterations]
+    except ValueError:
+        raise UsageError(f"--probe-iterations must be comma-separated integers, got {args.probe_iterations}")
+    bad = [i for i in args.probe_iterations if i < 1 or (i % args.checkpoint_every and i != args.iterations)]
+    if bad:
+        raise UsageError(f"--probe-iterations {bad}: each must be a multiple of --checkpoint-every or --iterations")
     args.out = os.path.abspath(args.out)
     return args
 

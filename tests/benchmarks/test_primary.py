@@ -144,6 +144,13 @@ def test_cli_smoke_resumes_and_reports(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "model ssl_la done" not in again.stdout
     assert json.loads((out / "primary.json").read_text())["results"] == summary["results"]
+    # the probe along training: the final iteration reuses the primary result, the report gets the curve
+    probe = subprocess.run(cmd + ["--probe", "--probe-iterations", "10"], cwd=REPO, capture_output=True, text=True)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    curves = json.loads((out / "primary.json").read_text())["probe"]
+    by_seed = {r["seed"]: r["knn_mean"] for r in summary["results"] if r["arm"] == "ssl_la"}
+    assert sorted(curves["ssl_la"]["10"]) == sorted(by_seed.values())
+    assert "kNN probe along training" in (out / "primary.md").read_text()
     # other settings in the same folder are refused, naming the file
     bad = subprocess.run(cmd[:4] + ["--iterations", "20"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "settings.json" in bad.stderr
