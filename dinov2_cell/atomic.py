@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary file beside the destination, then ``os.replace`` it into place.
 
 A crash or a kill never leaves a half-written file under the final name, and an existing file is never replaced
-unless the caller says so (``overwrite=True``), so earlier outputs and checkpoints are not lost silently.
+unless the caller says so (``overwrite=True``), so earlier outputs and checkpoints are not lost silently. The file
+ends with the permissions a plain ``open()`` would give under the current umask (not ``mkstemp``'s 0600).
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
     """
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{os.fspath(path)} already exists; refusing to overwrite it (pass --overwrite)")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (else set and restored at once)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -55,6 +70,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True, suffix: str = "
     os.close(fd)
     try:
         yield tmp
+        # mkstemp creates 0600; end with the mode a plain open() gives, so collaborators can read shared outputs
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
