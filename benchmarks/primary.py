@@ -39,8 +39,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 for path in (REPO, HERE):
-    if path not in sys.path:  # run as a script from any folder; fidelity.py's statistics are reused
+    if path not in sys.path:  # run as a script from any folder; fidelity.py's statistics and plates are reused
         sys.path.insert(0, path)
+
+from fidelity import SeedPipeline, result_path  # noqa: E402
 
 logger = logging.getLogger("dinov2_cell.primary")
 
@@ -248,40 +250,15 @@ def _finite(v) -> bool:
 # ------------------------------------------------------------------------------------------------------- pipeline
 
 
-class SeedRun:
-    """Plates, trained runs and profiles of one seed, each built once (and skipped when on disk)."""
+class SeedRun(SeedPipeline):
+    """Plates, trained runs and profiles of one seed, each built once (and skipped when on disk).
 
-    def __init__(self, args, seed: int):
-        self.args, self.seed = args, seed
-        self.dir = os.path.join(args.out, f"seed{seed}")
-        self.plates_dir = os.path.join(self.dir, "plates")
-        self.runs_dir = os.path.join(self.dir, "runs")
-        self.timings: dict[str, float] = {}
+    The plates come from the fidelity benchmark's :meth:`SeedPipeline.plates` (same generator call, data seed = seed).
+    """
 
     def _time(self, name: str, t0: float) -> None:
         self.timings[name] = self.timings.get(name, 0.0) + time.time() - t0
         print(f"[primary] seed {self.seed}: {name} done in {time.time() - t0:.0f} s", flush=True)
-
-    def plates(self) -> str:
-        """Synthetic plates of this seed (data seed = seed)."""
-        from dinov2_cell.synthetic import generate_plates
-        from dinov2_cell.synthetic.biology import default_plates
-
-        if not os.path.isfile(os.path.join(self.plates_dir, "synthetic_truth.csv")):
-            t0 = time.time()
-            shutil.rmtree(self.plates_dir, ignore_errors=True)  # a half-written folder from a killed run
-            generate_plates(
-                self.plates_dir,
-                plates=default_plates(2 * self.args.plates_per_line),
-                wells=self.args.wells,
-                size=self.args.size,
-                missing_sites=0.1,
-                seed=self.seed,
-                workers=1,
-                progress=False,
-            )
-            self._time("synthetic plates", t0)
-        return self.plates_dir
 
     def overrides(self) -> list[str]:
         from dinov2_cell import demo
@@ -370,11 +347,6 @@ def score(df, null_size: int, seed: int, full: bool = True) -> dict:
         n_wells=int(len(df)),
     )
     return res
-
-
-def result_path(out: str, arm: str, seed: int) -> str:
-    """Where one (arm, seed) result lives."""
-    return os.path.join(out, "results", arm, f"seed{seed}.json")
 
 
 def run_seed(args, seed: int) -> None:
@@ -627,7 +599,10 @@ def write_report(args) -> str:
             for line in open(tpath):
                 for k, v in json.loads(line).items():
                     total[k] = total.get(k, 0.0) + v
-            main_steps = {k: v for k, v in total.items() if "probe_" not in k}  # probe embeddings: descriptive part
+            # probe embeddings are the descriptive part; plate keys come from SeedPipeline as "seed <s>: <step>"
+            main_steps = {
+                k.split(": ", 1)[-1]: v for k, v in total.items() if "probe_" not in k
+            }  # probe embeddings: descriptive part
             timings.append(f"seed {s}: " + ", ".join(f"{k} {v:.0f} s" for k, v in main_steps.items()))
     meta = {
         "design_sha256": design_sha256(),
@@ -715,6 +690,7 @@ def resolve_args(args) -> argparse.Namespace:
     bad = [i for i in args.probe_iterations if i < 1 or (i % args.checkpoint_every and i != args.iterations)]
     if bad:
         raise UsageError(f"--probe-iterations {bad}: each must be a multiple of --checkpoint-every or --iterations")
+    args.workers = 1  # plate generation (SeedPipeline.plates); its output does not depend on it
     args.out = os.path.abspath(args.out)
     return args
 
