@@ -33,7 +33,7 @@ for path in (REPO, HERE):  # run as a script from any folder; fidelity.py holds 
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from fidelity import t_interval  # noqa: E402
+from bench_stats import t_interval  # noqa: E402
 
 DEFAULT_FAMILIES = "intensity,sizeshape,texture,radial_distribution"
 METRICS = ("activity", "replicate_map", "replicate_map_shuffled", "dmso_null", "activity_map")

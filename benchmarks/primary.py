@@ -42,7 +42,7 @@ for path in (REPO, HERE):
     if path not in sys.path:  # run as a script from any folder; fidelity.py's statistics and plates are reused
         sys.path.insert(0, path)
 
-from fidelity import SeedPipeline, result_path  # noqa: E402
+from fidelity_pipeline import SeedPipeline, result_path  # noqa: E402
 
 logger = logging.getLogger("dinov2_cell.primary")
 
@@ -206,7 +206,7 @@ def summarise(results: list[dict]) -> dict:
     """
     from scipy import stats
 
-    from fidelity import t_interval
+    from bench_stats import t_interval
 
     by_arm: dict[str, dict[int, dict]] = {}
     for r in results:
@@ -461,7 +461,7 @@ def probe_table(out: str) -> dict:
 
 def format_markdown(summary: dict, meta: dict, probe: dict) -> str:
     """The results page (the design is in ``primary_design.md``)."""
-    from fidelity import t_interval
+    from bench_stats import t_interval
 
     lines = [
         "# Primary benchmark results: does training help?",
