@@ -96,6 +96,24 @@ def non_negative_int(value: str) -> int:
     return out
 
 
+def fraction(value: str) -> float:
+    """argparse type for fractions in [0, 1].
+
+    Args:
+        value: the raw flag value.
+
+    Returns:
+        The float.
+    """
+    try:
+        out = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value!r}") from None
+    if not 0.0 <= out <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value!r}")
+    return out
+
+
 def common_parser() -> argparse.ArgumentParser:
     """Flags every CLI has: ``--debug`` and ``--no-progress``.
 

@@ -14,6 +14,7 @@ from dinov2_cell.cli import (
     add_legacy_aliases,
     comma_list,
     common_parser,
+    fraction,
     output_parser,
     positive_int,
     run_main,
@@ -57,8 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="real",
         help="'real' (BR00117015/16/17/19 if generated), 'none', or comma-separated barcodes with 16 sites",
     )
-    g.add_argument("--missing-sites", type=float, default=0.0, help="fraction of wells missing 1-2 sites")
-    g.add_argument("--size", type=int, default=96, help="image side in pixels")
+    g.add_argument(
+        "--missing-site-fraction",
+        type=fraction,
+        default=0.0,
+        metavar="F",
+        help="fraction of wells that lose 1-2 sites (embed's --missing-sites says what to do with such wells)",
+    )
+    # Old spelling, kept hidden for one release: it collided with embed's --missing-sites policy.
+    g.add_argument("--missing-sites", dest="missing_site_fraction", type=fraction, help=argparse.SUPPRESS)
+    g.add_argument("--size", type=positive_int, default=96, help="image side in pixels")
     g.add_argument("--seed", type=int, default=0, help="random seed (output is byte-identical per seed)")
     g.add_argument(
         "--phenotype",
@@ -68,7 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a compound-phenotype parameter of the calibrated defaults (repeatable), e.g. strength=1.2, "
         "inactive_share=0.2, active_potency=0.4:1.3, family.intensity=0 (see PhenotypeSettings)",
     )
-    g.add_argument("--illum", action="store_true", help="also write illumination functions + load_data_with_illum.csv")
+    g.add_argument(
+        "--illum",
+        choices=("yes", "no"),
+        nargs="?",
+        const="yes",
+        default="no",
+        help="write illumination functions + load_data_with_illum.csv (a bare --illum means yes)",
+    )
     return p
 
 
@@ -94,11 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         wells=args.wells,
         sites=args.sites,
         sixteen_site_plates=args.sixteen_site_plates,
-        missing_sites=args.missing_sites,
+        missing_sites=args.missing_site_fraction,
         size=args.size,
         seed=args.seed,
         phenotype=PhenotypeSettings.from_overrides(args.phenotype),
-        illum=args.illum,
+        illum=args.illum == "yes",
         workers=args.num_workers,
         overwrite=args.overwrite,
         progress=not args.no_progress,
