@@ -3,18 +3,24 @@
 A *featuriser* turns the images of one plate into one row per well; the driver does everything around it, the same
 way for the SSL teachers, the CellProfiler features and the classical baseline:
 
-1. **Run-config guard.** ``<out>/run_config.json`` records the featuriser's name and :meth:`Featuriser.describe`,
-   the data source and the metadata source; a later call on the same folder with other settings is refused (its
-   parts would be mixed with incompatible ones) unless ``overwrite``.
-2. **Plates.** The given barcodes, else every plate under the data root; ``shard="I/N"`` keeps plates I, I+N, ...
-   (SLURM array tasks).
-3. **Skip finished.** A plate whose part ``<out>/parts/<plate>.parquet`` exists is skipped, so a killed run
+Every output path is owned by :class:`~dinov2_cell.profiles.run_folder.RunFolder` (the folder's layout, run config,
+parts, merge and submission files); this module decides what to compute:
+
+1. **Checks before writing** (:func:`plan_run`). ``<out>/run_config.json`` records the featuriser's name and
+   :meth:`Featuriser.describe`, the data source and the metadata source; a later call on the same folder with other
+   settings is refused (its parts would be mixed with incompatible ones) unless ``overwrite``. Then the plates (the
+   given barcodes, else every plate under the data root; ``shard="I/N"`` keeps plates I, I+N, ..., for SLURM array
+   tasks), the data (root, channels and the plates still to featurise are opened once) and the per-well metadata
+   are resolved. Bad input fails here, before anything is written: no folder, run config or part is left behind, so
+   the corrected call is not refused as "a run with different options".
+2. **Skip finished.** A plate whose part ``<out>/parts/<plate>.parquet`` exists is skipped, so a killed run
    resumes where it stopped.
-4. **Per plate:** build the plate's dataset (:meth:`PlateSource.open`, or the featuriser's own ``open_plate`` when it
+3. **Per plate:** build the plate's dataset (:meth:`PlateSource.open`, or the featuriser's own ``open_plate`` when it
    needs several channel groups), :meth:`Featuriser.featurise_plate`, attach the per-well metadata (packaged CPJUMP1
    files or a user table), write the part atomically (plus ``parts/<plate>.stats.json`` when the featuriser puts a
-   ``"stats"`` dict in the table's ``attrs``).
-5. **Merge.** Parts -> :meth:`Featuriser.finalize` (cross-plate steps) -> ``<out>/profiles.parquet`` and, when asked,
+   ``"stats"`` dict in the table's ``attrs``). The run config is recorded just before the first part, so a first
+   plate that fails leaves the folder as it was.
+4. **Merge.** Parts -> :meth:`Featuriser.finalize` (cross-plate steps) -> ``<out>/profiles.parquet`` and, when asked,
    ``<out>/submission.csv``; each *variant* (a named post-merge transform, e.g. cross-plate alignment) adds
    ``profiles_<name>.parquet`` / ``submission_<name>.csv``. An existing merged file is kept when it holds exactly the
    same plates, otherwise replaced only with ``overwrite``.
@@ -26,34 +32,22 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import pandas as pd
 
 from dinov2_cell.columns import PLATE, WELL
-from dinov2_cell.profiles.io import feature_columns, write_json, write_table
+from dinov2_cell.profiles.parts import attach_metadata, well_metadata_for
+from dinov2_cell.profiles.run_folder import PARTS_DIR, PROFILES_NAME, SUBMISSION_NAME, RunFolder  # noqa: F401
 from dinov2_cell.profiles.sites import (  # noqa: F401  (re-exported: featurisers import them from here)
     DatasetFactory,
     PlateSource,
     default_dataset_factory,
     site_index,
 )
-from dinov2_cell.profiles.parts import (
-    PARTS_DIR,
-    attach_metadata,
-    check_run_config,
-    merge_parts,
-    part_path,
-    parts_present,
-    record_output,
-    well_metadata_for,
-    write_part,
-)
 
 logger = logging.getLogger("dinov2_cell.profiles")
-
-PROFILES_NAME = "profiles.parquet"
-SUBMISSION_NAME = "submission.csv"
 
 
 # ----------------------------------------------------------------------------------------------------- featurisers
@@ -193,46 +187,119 @@ def _check_plate_table(table: pd.DataFrame, plate: str, featuriser: Featuriser) 
         raise ValueError(f"{where}: a well appears twice (one row per well expected)")
 
 
-def featurise_plates(
+
+@dataclass
+class RunPlan:
+    """What a call of :func:`run_profiles` will do, resolved and checked before anything is written.
+
+    Attributes:
+        config: the run config (see :func:`run_config`).
+        plates: every plate of the run, sorted (what the merge step takes).
+        todo: the plates featurised by this call (this shard's plates without a part; all of them with overwrite).
+        metadata: per-well metadata of ``todo`` (``None`` when ``todo`` is empty).
+        record_config: the run config still has to be written (none recorded yet, or ``overwrite`` replaces one).
+        overwrite: recompute existing parts.
+    """
+
+    config: dict
+    plates: list[str]
+    todo: list[str]
+    metadata: pd.DataFrame | None
+    record_config: bool
+    overwrite: bool = False
+
+
+def plan_run(
     featuriser: Featuriser,
     source: PlateSource,
-    out_dir: str,
-    plates: Sequence[str],
+    folder: RunFolder | str,
+    plates: Sequence[str] | None = None,
+    *,
+    shard: str | tuple[int, int] | None = None,
     metadata=None,
     overwrite: bool = False,
-    progress: bool = True,
-) -> list[str]:
-    """Write the part of every plate of ``plates`` that has none yet (all of them with ``overwrite``).
+) -> RunPlan:
+    """Check a run's inputs against its folder and the data; reads only, writes nothing.
+
+    Checked, in this order: the shard spelling; the folder's recorded options; the plates (the data root is indexed
+    when no plate is given; otherwise the plates still to featurise are opened once, which checks the root, the
+    channels and that each plate has images); the per-well metadata of those plates. A call whose plates all have
+    a part opens no dataset.
 
     Args:
         featuriser: the featuriser.
         source: the data source.
-        out_dir: run folder.
-        plates: barcodes.
-        metadata: per-well metadata table/path (default: packaged CPJUMP1 files).
-        overwrite: recompute existing parts.
+        folder: the run folder.
+        plates: barcodes (default: every plate under the data root).
+        shard: ``"I/N"``: only plates I, I+N, ...
+        metadata: per-well metadata table/path (default: the packaged CPJUMP1 files).
+        overwrite: recompute existing parts; a different recorded config is then replaced.
+
+    Returns:
+        The plan.
+
+    Raises:
+        FileExistsError: the folder holds a run with other settings (``overwrite`` not given).
+        ValueError: bad shard, no plate, or no metadata for a plate (named); the dataset's own errors for a missing
+            root, unknown channels or a plate without images.
+    """
+    folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+    shard_plates([], shard)  # a malformed shard fails before the data root is indexed
+    config = run_config(featuriser, source, metadata)
+    record = folder.check_config(config, overwrite=overwrite)
+    if plates is None:
+        plates = source.list_plates()
+        if not plates:
+            raise ValueError(f"{source.data_root}: no plate found")
+        listed = True
+    else:
+        plates = sorted({str(p) for p in plates})
+        if not plates:
+            raise ValueError("no plate given")
+        listed = False
+    selected = shard_plates(plates, shard)
+    todo = [p for p in selected if overwrite or not folder.has_part(p)]
+    if len(todo) < len(selected):
+        logger.info("%d of %d plates already have a part; skipped", len(selected) - len(todo), len(selected))
+    meta = None
+    if todo:
+        if not listed:
+            source.open(todo)  # the dataset's own checks (root, channels, images of each plate), nothing kept
+        meta = well_metadata_for(todo, metadata)
+    return RunPlan(config, plates, todo, meta, record, overwrite)
+
+
+def featurise_plates(
+    featuriser: Featuriser,
+    source: PlateSource,
+    folder: RunFolder | str,
+    plan: RunPlan,
+    progress: bool = True,
+) -> list[str]:
+    """Write the part of every plate of ``plan.todo`` (the run config first, when the plan says so).
+
+    Args:
+        featuriser: the featuriser.
+        source: the data source.
+        folder: the run folder.
+        plan: output of :func:`plan_run` for the same featuriser, source and folder.
         progress: progress bar over plates.
 
     Returns:
         The plates featurised in this call.
     """
-    todo = [p for p in plates if overwrite or not os.path.isfile(part_path(out_dir, p))]
-    if len(todo) < len(plates):
-        logger.info("%d of %d plates already have a part; skipped", len(plates) - len(todo), len(plates))
-    if not todo:
-        return []
-    meta = well_metadata_for(todo, metadata)
-    bar = _progress(todo, progress)
-    for plate in bar:
+    folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
+    for plate in _progress(plan.todo, progress):
         table = featuriser.featurise_plate(plate, open_plate(featuriser, source, plate))
         _check_plate_table(table, plate, featuriser)
         stats = table.attrs.get("stats")
-        profile = attach_metadata(table, meta[meta[PLATE] == plate])
-        if stats:
-            write_json(stats, os.path.join(out_dir, PARTS_DIR, f"{plate}.stats.json"), overwrite=True)
-        write_part(profile, out_dir, plate, overwrite=overwrite)
+        profile = attach_metadata(table, plan.metadata[plan.metadata[PLATE] == plate])
+        if plan.record_config:
+            folder.record_config(plan.config)
+            plan.record_config = False
+        folder.write_part(profile, plate, overwrite=plan.overwrite, stats=stats)
         logger.info("plate %s: %d wells, %s features", plate, len(profile), featuriser.name)
-    return todo
+    return list(plan.todo)
 
 
 def _progress(items, progress: bool):
@@ -245,80 +312,10 @@ def _progress(items, progress: bool):
     return tqdm(items, desc="plates", unit="plate")
 
 
-def merged_paths(out_dir: str, variant: str | None = None) -> tuple[str, str]:
-    """(profiles Parquet, submission CSV) of a run, or of one of its variants.
-
-    Args:
-        out_dir: run folder.
-        variant: variant name (``None`` = the plain merge).
-
-    Returns:
-        The two paths.
-    """
-    if variant is None:
-        return os.path.join(out_dir, PROFILES_NAME), os.path.join(out_dir, SUBMISSION_NAME)
-    return os.path.join(out_dir, f"profiles_{variant}.parquet"), os.path.join(out_dir, f"submission_{variant}.csv")
-
-
-def merge_run(
-    out_dir: str,
-    plates: Sequence[str] | None = None,
-    finalize: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-    variants: Mapping[str, Callable[[pd.DataFrame], pd.DataFrame]] | None = None,
-    submission: bool = False,
-    overwrite: bool = False,
-) -> str:
-    """Merge step: parts -> ``finalize`` -> ``profiles.parquet`` (+ variants, + submission CSVs).
-
-    Args:
-        out_dir: run folder.
-        plates: barcodes to merge (default: every part present; each must have a part).
-        finalize: cross-plate step on the merged table (default: identity).
-        variants: ``{name: transform}`` applied to the finalized table, each written as ``profiles_<name>.parquet``.
-        submission: also write the challenge submission CSV of each output.
-        overwrite: replace merged outputs that hold other plates.
-
-    Returns:
-        Path of the last profiles file written or kept (the last variant's when there are variants).
-
-    Raises:
-        FileNotFoundError: a plate has no part.
-        FileExistsError: a merged file holds other plates and ``overwrite`` is False.
-    """
-    plates = parts_present(out_dir) if plates is None else sorted(set(plates))
-    table = merge_parts(out_dir, plates)
-    if finalize is not None:
-        table = finalize(table)
-    outputs = [(merged_paths(out_dir), table)]
-    for name, transform in (variants or {}).items():
-        outputs.append((merged_paths(out_dir, name), transform(table)))
-    for (prof_path, sub_path), df in outputs:
-        if os.path.exists(prof_path) and not overwrite:
-            existing = sorted(pd.read_parquet(prof_path, columns=[PLATE])[PLATE].astype(str).unique())
-            if existing != plates:
-                raise FileExistsError(
-                    f"{prof_path} exists with plates {existing[:5]}... != {plates[:5]}...; pass --overwrite to "
-                    "replace it"
-                )
-            logger.info("%s already holds these %d plates; kept", prof_path, len(plates))
-        else:
-            write_table(df, prof_path, overwrite=overwrite)
-            logger.info("wrote %s (%d wells, %d plates)", prof_path, len(df), len(plates))
-        if submission and (overwrite or not os.path.exists(sub_path)):
-            from dinov2_cell.profiles.submission import write_submission
-
-            write_submission(df, sub_path, overwrite=overwrite)
-            # feature_i of the submission is the i-th feature column of the profiles it was written from
-            info = {"profiles": os.path.basename(prof_path), "features": feature_columns(df)}
-            record_output(out_dir, os.path.basename(sub_path), info)
-            logger.info("wrote %s", sub_path)
-    return outputs[-1][0][0]
-
-
 def run_profiles(
     featuriser: Featuriser | None,
     source: PlateSource | None,
-    out_dir: str,
+    out_dir: str | RunFolder,
     plates: Sequence[str] | None = None,
     *,
     shard: str | tuple[int, int] | None = None,
@@ -329,13 +326,14 @@ def run_profiles(
     variants: Mapping[str, Callable[[pd.DataFrame], pd.DataFrame]] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    submission_options: Mapping | None = None,
 ) -> str:
-    """The whole per-plate loop (see module docstring): guard, plates, parts, merge.
+    """The whole per-plate loop (see module docstring): checks, parts, merge.
 
     Args:
         featuriser: the featuriser (``None`` only with ``merge_only``: identity finalize, no config check).
         source: the data source (``None`` only with ``merge_only``).
-        out_dir: run folder (created).
+        out_dir: run folder (created when the first file is written).
         plates: barcodes (default: every plate under the root; with ``merge_only`` every part present).
         shard: ``"I/N"``: only plates I, I+N, ...; implies no merge.
         metadata: per-well metadata table/path (default: the packaged CPJUMP1 files).
@@ -343,9 +341,10 @@ def run_profiles(
         merge_only: skip featurising; merge the parts present (or ``plates``). With a featuriser, its settings must
             match the folder's run config.
         submission: write the submission CSV(s) in the merge step.
-        variants: named post-merge transforms (see :func:`merge_run`).
+        variants: named post-merge transforms (see :meth:`RunFolder.merge`).
         overwrite: recompute existing parts, replace a run config with other settings and merged outputs.
         progress: progress bars.
+        submission_options: further keywords of the submission writer (see :meth:`RunFolder.merge`).
 
     Returns:
         Path of the merged profiles (the last variant's when there are variants), or of the parts folder when no
@@ -353,47 +352,22 @@ def run_profiles(
 
     Raises:
         FileExistsError: the folder holds a run with other settings (``overwrite`` not given).
-        ValueError: bad plates, shard or featuriser output (named).
+        ValueError: bad plates, shard, metadata or featuriser output (named).
     """
+    folder = out_dir if isinstance(out_dir, RunFolder) else RunFolder(out_dir)
+    merge_args = dict(variants=variants, submission=submission, overwrite=overwrite)
+    merge_args["submission_options"] = submission_options
     if merge_only:
         if featuriser is not None and source is not None:
-            _check_same_config(out_dir, run_config(featuriser, source, metadata))
-        return merge_run(
-            out_dir,
-            plates,
-            featuriser.finalize if featuriser is not None else None,
-            variants,
-            submission,
-            overwrite,
-        )
+            folder.check_same_config(run_config(featuriser, source, metadata))
+        finalize = featuriser.finalize if featuriser is not None else None
+        return folder.merge(plates, finalize, **merge_args)
     if featuriser is None or source is None:
         raise ValueError("a featuriser and a data source are required unless merge_only")
-    os.makedirs(out_dir, exist_ok=True)
-    check_run_config(out_dir, run_config(featuriser, source, metadata), overwrite=overwrite)
-    plates = sorted(set(plates)) if plates is not None else source.list_plates()
-    if not plates:
-        raise ValueError(f"{source.data_root}: no plate found")
-    todo = shard_plates(plates, shard)
-    featurise_plates(featuriser, source, out_dir, todo, metadata=metadata, overwrite=overwrite, progress=progress)
+    plan = plan_run(featuriser, source, folder, plates, shard=shard, metadata=metadata, overwrite=overwrite)
+    featurise_plates(featuriser, source, folder, plan, progress=progress)
+    if plan.record_config:  # nothing featurised (parts from an earlier call): record the options all the same
+        folder.record_config(plan.config)
     if shard is not None or not merge:
-        return os.path.join(out_dir, PARTS_DIR)
-    return merge_run(out_dir, plates, featuriser.finalize, variants, submission, overwrite)
-
-
-def _check_same_config(out_dir: str, config: dict) -> None:
-    """Refuse a merge whose featuriser settings differ from the ones that wrote the parts."""
-    import json
-
-    from dinov2_cell.profiles.parts import OUTPUTS_KEY, RUN_CONFIG, config_differences
-
-    path = os.path.join(out_dir, RUN_CONFIG)
-    if not os.path.isfile(path):
-        return
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    saved.pop(OUTPUTS_KEY, None)  # descriptions of merged outputs, not settings
-    differing = config_differences(saved, json.loads(json.dumps(config)))
-    if differing:
-        raise ValueError(
-            f"{out_dir}: its parts were written with other settings ({', '.join(differing[:8])} differ; see {path})"
-        )
+        return folder.parts_dir
+    return folder.merge(plan.plates, featuriser.finalize, **merge_args)
