@@ -192,14 +192,40 @@ def workers_parser(default: int | None = None) -> argparse.ArgumentParser:
     return p
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """The CLIs' console handler (stderr); it steps aside while another handler is attached to the root logger.
+
+    Training hands logging over to upstream: ``dinov2.utils.config.default_setup`` attaches its own handlers to the
+    root logger (stdout on the main process, ``<output-dir>/logs/log.txt`` on every process). With this handler
+    printing too, every line after that point reached the console twice.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Writes the record unless another (non-null) handler on the root logger takes it.
+
+        Args:
+            record: the log record.
+        """
+        others = [h for h in logging.getLogger().handlers if h is not self and not isinstance(h, logging.NullHandler)]
+        if not others:
+            super().emit(record)
+
+
 def setup_logging(debug: bool = False) -> None:
-    """One logging format for every CLI (INFO, or DEBUG with ``--debug``).
+    """One logging format for every CLI (INFO, or DEBUG with ``--debug``), on stderr, each line once.
+
+    Replaces any handler already on the root logger. A handler attached later (upstream's training setup) takes over
+    the console: see :class:`ConsoleHandler`.
 
     Args:
         debug: log at DEBUG level.
     """
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO, format=LOG_FORMAT, datefmt=LOG_DATEFMT, force=True
+        level=logging.DEBUG if debug else logging.INFO,
+        format=LOG_FORMAT,
+        datefmt=LOG_DATEFMT,
+        handlers=[ConsoleHandler(sys.stderr)],
+        force=True,
     )
 
 

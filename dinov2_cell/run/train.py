@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dinov2_cell.cli import run_main, setup_logging
@@ -42,8 +43,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="only validate: config keys, output dir, and the total batch over --nodes x --gpus-per-node GPUs; print "
-        "the effective per-GPU batch and exit (slurm/launch.sh runs this before submitting)",
+        help="only validate, write nothing: config keys, warm-ups vs optim.epochs, output dir, the total batch over "
+        "--nodes x --gpus-per-node GPUs, and the data (train.dataset_path resolved: root, plates, channels vs "
+        "student.in_chans, one readable site per plate); print a summary and exit (slurm/launch.sh runs this before "
+        "submitting)",
     )
     return add_slurm_arguments(parser)
 
@@ -92,8 +95,78 @@ def _check(args) -> int:
     cfg = prepare_config(args)
     world = int(args.nodes) * int(args.gpus_per_node)
     per_gpu = per_gpu_batch_size(cfg, world)
-    print(f"ok: {args.config_file}: {world} GPU(s) x batch {per_gpu} = total batch {world * per_gpu}")
+    data = check_dataset(cfg)
+    print(f"ok: {args.config_file}: {world} GPU(s) x batch {per_gpu} = total batch {world * per_gpu}; {data}")
     return 0
+
+
+def check_dataset(cfg) -> str:
+    """Opens `train.dataset_path` as training will and reads the first site of every plate.
+
+    Checks that the root (or store) exists, that every plate named in `plates=` was found, that the channel count
+    equals `student.in_chans`, and that one site per plate reads as a finite image. `normalize=plate` is checked as
+    `percentile` (its per-plate statistics read many sites; the run computes them). A dataset name the plugin does not
+    register (an upstream one) is only checked for an existing `root=`.
+
+    Args:
+        cfg: the prepared config (interpolations resolvable).
+
+    Returns:
+        A one-line summary, e.g. `data CPJUMP1: 2 plates, 54 sites, channels DNA,ER,RNA,AGP,Mito (= student.in_chans),
+        first site of each plate read (64x64)`.
+
+    Raises:
+        FileNotFoundError: no such root or store.
+        ValueError: a missing plate, a channel-count mismatch, an empty or unreadable dataset (named).
+    """
+    import numpy as np
+
+    from dinov2_cell.columns import PLATE
+    from dinov2_cell.data.registry import discard_target, parse_dataset_str
+
+    dataset_str = str(cfg.train.dataset_path)
+    name = dataset_str.split(":", 1)[0]
+    parsed = parse_dataset_str(dataset_str)
+    keys = dict(t.split("=", 1) for t in dataset_str.split(":")[1:] if "=" in t)
+    for key in ("root", "store"):
+        if keys.get(key) and not os.path.exists(keys[key]):
+            raise FileNotFoundError(f"train.dataset_path: {key}={keys[key]}: no such file or folder")
+    if parsed is None:
+        return f"data {name}: not a plugin dataset, only its root was checked"
+    class_, kwargs = parsed
+    if kwargs.get("normalize") == "plate":
+        kwargs["normalize"] = "percentile"
+    try:
+        dataset = class_(transform=None, target_transform=discard_target, **kwargs)
+    except ValueError as e:  # DataIndexError included: say which setting it came from
+        raise ValueError(f"train.dataset_path: {e}") from e
+    if len(dataset) == 0:
+        raise ValueError(f"train.dataset_path {dataset_str!r}: no sites")
+    n = getattr(dataset, "num_channels", None)
+    if n is not None and n != cfg.student.in_chans:
+        raise ValueError(
+            f"train.dataset_path gives {n}-channel images ({','.join(getattr(dataset, 'channel_names', []))}) but "
+            f"student.in_chans is {cfg.student.in_chans}; set student.in_chans={n} or pick other channels"
+        )
+    plates = list(getattr(dataset, "plates", []))
+    missing = [p for p in kwargs.get("plates") or [] if p not in plates]
+    if missing:
+        raise ValueError(f"train.dataset_path: plate(s) {', '.join(missing)} not found (found: {', '.join(plates)})")
+    index = getattr(dataset, "index", None)
+    firsts = [0] if index is None or PLATE not in index else list(np.flatnonzero(~index[PLATE].duplicated().to_numpy()))
+    shape = None
+    for i in firsts:
+        image = dataset[int(i)][0]
+        array = np.asarray(image)
+        if array.ndim != 3 or not np.isfinite(array).all():
+            where = getattr(dataset, "site_key", lambda j: j)(int(i))
+            raise ValueError(f"train.dataset_path: sample {where} reads as shape {array.shape}, not finite C x H x W")
+        shape = array.shape
+    channels = ",".join(getattr(dataset, "channel_names", [])) or f"{shape[0]}"
+    return (
+        f"data {name}: {len(plates) or '?'} plate(s), {len(dataset)} sites, channels {channels} (= student.in_chans), "
+        f"first site of {'each plate' if plates else 'the dataset'} read ({shape[1]}x{shape[2]})"
+    )
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import tempfile
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError
 
 PLUGIN_DEFAULT_CONFIG = "cell_default_config.yaml"
 CONFIGS_PACKAGE = "dinov2_cell.configs"
@@ -27,6 +28,12 @@ DERIVED_KEYS = ("optim.lr", "train.output_dir")
 # Derived from train.batch_size_total and the world size when the total is set (see `per_gpu_batch_size`).
 PER_GPU_KEY = "train.batch_size_per_gpu"
 TOTAL_KEY = "train.batch_size_total"
+DATASET_KEY = "train.dataset_path"
+# Warm-ups upstream's `build_schedulers` lays out over the run, in epochs: each must fit in `optim.epochs`. The lr
+# warm-up longer than the run fails upstream's CosineScheduler assertion; the other two would silently never end (the
+# teacher temperature never reaches `teacher.teacher_temp`, the last layer never trains).
+WARMUP_KEYS = ("optim.warmup_epochs", "teacher.warmup_teacher_temp_epochs", "optim.freeze_last_layer_epochs")
+_ENV_INTERPOLATION = re.compile(r"\$\{oc\.env:([^,}]+)")
 
 
 def configs_dir() -> str:
@@ -156,6 +163,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default="",
         help="where logs, config.yaml, checkpoints and eval/*/teacher_checkpoint.pth go (default: ./output)",
     )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="dataset root: sets root= of train.dataset_path (instead of the paper configs' $CPJUMP1_ROOT); Cell "
+        "Painting Gallery layout (LoadData CSVs / Phenix folders) or a prepared store",
+    )
     parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --output-dir")
     parser.add_argument("--seed", type=int, default=0, help="random seed (each rank adds its rank)")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides, key=value ... (anywhere on the line)")
@@ -163,23 +177,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def prepare_config(args: argparse.Namespace) -> DictConfig:
-    """Builds the config and checks the output dir; writes nothing (bad input fails before any file exists).
+    """Builds the config and checks it and the output dir; writes nothing (bad input fails before any file exists).
 
     Args:
-        args: parsed training arguments (`config_file`, `output_dir`, `opts`, `no_resume`); `output_dir` is made
-            absolute (default `./output`).
+        args: parsed training arguments (`config_file`, `output_dir`, `opts`, `no_resume`, `data_root`);
+            `output_dir` (default `./output`) and `data_root` are made absolute.
 
     Returns:
         The merged config, with `train.output_dir` set.
 
     Raises:
         FileNotFoundError: no such config file or name.
-        ValueError: an unknown config key; a `train.batch_size_total` the world size does not divide.
+        ValueError: an unknown config key; an unset environment variable the config reads (`CPJUMP1_ROOT`); a warm-up
+            longer than the run; a `train.batch_size_total` the world size does not divide.
         FileExistsError: the output dir holds something other than a resumable run of this config.
     """
     args.output_dir = os.path.abspath(args.output_dir or "output")
     opts = list(args.opts or []) + [f"train.output_dir={args.output_dir}"]
     cfg = build_config(args.config_file, opts)
+    if getattr(args, "data_root", None):
+        args.data_root = os.path.abspath(args.data_root)  # a SLURM job may start in another directory
+        set_dataset_root(cfg, args.data_root)
+    check_resolvable(cfg)
+    check_schedules(cfg)
     check_batch_overrides(cfg, opts)
     per_gpu_batch_size(cfg, launch_world_size(args))  # a total the GPUs cannot share fails before anything is queued
     # Only one process decides (others would race on the files rank 0 is creating).
@@ -188,6 +208,126 @@ def prepare_config(args: argparse.Namespace) -> DictConfig:
         if resuming and args.no_resume:
             raise FileExistsError(f"--no-resume with an output dir that already holds this run: {args.output_dir}")
     return cfg
+
+
+def split_dataset_str(dataset_str: str) -> list[str]:
+    """Splits a dataset string at the `:` between its tokens, not at those inside `${...}` interpolations.
+
+    Args:
+        dataset_str: e.g. `CPJUMP1:root=${oc.env:CPJUMP1_ROOT}:channels=fluo` (unresolved).
+
+    Returns:
+        The tokens, e.g. `["CPJUMP1", "root=${oc.env:CPJUMP1_ROOT}", "channels=fluo"]`.
+    """
+    tokens, current, depth = [], "", 0
+    for i, ch in enumerate(dataset_str):
+        if ch == "{" and i and dataset_str[i - 1] == "$":
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+        if ch == ":" and not depth:
+            tokens.append(current)
+            current = ""
+        else:
+            current += ch
+    return tokens + [current]
+
+
+def set_dataset_root(cfg: DictConfig, root: str) -> DictConfig:
+    """`--data-root`: sets (or adds) the `root=` token of `train.dataset_path`, replacing e.g. `${oc.env:CPJUMP1_ROOT}`.
+
+    The saved config then holds the path itself, so a resume does not depend on the environment.
+
+    Args:
+        cfg: the merged config, modified in place.
+        root: the dataset root.
+
+    Returns:
+        The same config.
+
+    Raises:
+        ValueError: the root contains `:` (the dataset-string separator).
+    """
+    if ":" in root:
+        raise ValueError(f"--data-root {root!r}: a path with ':' cannot go into {DATASET_KEY} (':' separates its keys)")
+    raw = str(OmegaConf.to_container(cfg.train, resolve=False).get("dataset_path") or "")
+    tokens = split_dataset_str(raw)
+    keys = [t.split("=", 1)[0] for t in tokens]
+    if "root" in keys[1:]:
+        tokens[keys.index("root", 1)] = f"root={root}"
+    else:
+        tokens.insert(1, f"root={root}")
+    cfg.train.dataset_path = ":".join(tokens)
+    return cfg
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """Resolves every interpolation once, so an unset variable is one message with its remedy, not OmegaConf's three.
+
+    Args:
+        cfg: the merged config.
+
+    Raises:
+        ValueError: naming the key and the unset variable; for `train.dataset_path` both remedies (`export
+            CPJUMP1_ROOT=...` or `--data-root ...`).
+    """
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as e:
+        key = e.full_key or "?"
+        parent, _, leaf = key.rpartition(".")
+        try:
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            raw = str(OmegaConf.to_container(node, resolve=False).get(leaf, ""))
+        except Exception:  # noqa: BLE001  (only used to improve the message)
+            raw = ""
+        unset = [v.strip() for v in _ENV_INTERPOLATION.findall(raw) if v.strip() not in os.environ]
+        if not unset:
+            raise ValueError(f"{key}: cannot resolve {raw or 'its value'!r}: {str(e).splitlines()[0]}") from None
+        var = unset[0]
+        if key == DATASET_KEY:
+            raise ValueError(
+                f"{key} reads its dataset root from the environment variable {var}, which is not set: "
+                f"export {var}=/path/to/the/plates, or pass --data-root /path/to/the/plates"
+            ) from None
+        raise ValueError(f"{key} reads the environment variable {var}, which is not set: export {var}=...") from None
+
+
+def check_schedules(cfg: DictConfig) -> None:
+    """Refuses run lengths upstream's `build_schedulers` cannot lay out, naming the keys and the rule.
+
+    The rule: `optim.epochs` >= 1, `train.OFFICIAL_EPOCH_LENGTH` >= 1, and every warm-up of `WARMUP_KEYS` is a whole
+    number of epochs between 0 and `optim.epochs`. (A shortened paper config, `optim.epochs=1`, otherwise ends in a
+    bare AssertionError from upstream's CosineScheduler: its lr warm-up is 10 epochs.)
+
+    Args:
+        cfg: the merged config.
+
+    Raises:
+        ValueError: one message naming every key that breaks the rule and how to fix it.
+    """
+
+    def value(dotted):
+        return OmegaConf.select(cfg, dotted)
+
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("optim.epochs", "train.OFFICIAL_EPOCH_LENGTH"):
+        if not whole(value(key)) or value(key) < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {value(key)!r}")
+    epochs = value("optim.epochs")
+    bad = [k for k in WARMUP_KEYS if not whole(value(k)) or value(k) < 0]
+    if bad:
+        raise ValueError(", ".join(f"{k}={value(k)!r}" for k in bad) + " must be whole numbers of epochs >= 0")
+    longer = [k for k in WARMUP_KEYS if value(k) > epochs]
+    if longer:
+        fix = " ".join(f"{k}={min(value(k), max(epochs - 1, 0))}" for k in longer)
+        raise ValueError(
+            f"warm-up longer than the run: {', '.join(f'{k}={value(k)}' for k in longer)} > optim.epochs={epochs}; "
+            f"each warm-up must be <= optim.epochs (upstream's schedules are laid out over optim.epochs epochs), "
+            f"e.g. add {fix}"
+        )
 
 
 def launch_world_size(args: argparse.Namespace | None = None, environ=None) -> int:
