@@ -187,7 +187,6 @@ def _check_plate_table(table: pd.DataFrame, plate: str, featuriser: Featuriser) 
         raise ValueError(f"{where}: a well appears twice (one row per well expected)")
 
 
-
 @dataclass
 class RunPlan:
     """What a call of :func:`run_profiles` will do, resolved and checked before anything is written.

@@ -150,7 +150,9 @@ class RunFolder:
         if not os.path.isdir(self.parts_dir):
             return []
         return sorted(
-            f[: -len(".parquet")] for f in os.listdir(self.parts_dir) if f.endswith(".parquet") and not f.startswith(".")
+            f[: -len(".parquet")]
+            for f in os.listdir(self.parts_dir)
+            if f.endswith(".parquet") and not f.startswith(".")
         )
 
     # --------------------------------------------------------------------------------------------- run config
