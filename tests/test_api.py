@@ -132,6 +132,15 @@ def test_wrong_channels_shapes_and_paths_are_named(world, tmp_path):
     with pytest.raises(ValueError, match="illum: illumination functions must be finite and positive"):
         model.embed(np.ones((5, 28, 28), np.uint16), illum=np.zeros((5, 28, 28), np.float32))
     assert model.embed(np.zeros((0, 5, 28, 28), np.uint16)).shape == (0, 192)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        model.embed(np.zeros((5, 28, 28), np.uint16), precision="fp8")
+    # A run read without illumination correction refuses functions; one that requires them refuses to go without.
+    ones = np.ones((5, 28, 28), np.float32)
+    no_illum = dinov2_cell.load(world["runs"]["pct"], device="cpu", dataset_opts={"illum": "no"})
+    with pytest.raises(ValueError, match=r"without correction \(illum=no\)"):
+        no_illum.embed(ones, illum=ones)
+    with pytest.raises(ValueError, match=r"requires illumination correction \(illum=yes\)"):
+        dinov2_cell.load(world["runs"]["pct"], device="cpu", dataset_opts={"illum": "yes"}).embed(ones)
     # Paths: missing, a run that has not trained, a file that is not a checkpoint; each error names the path.
     missing = str(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match=re.escape(missing)):
