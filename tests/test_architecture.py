@@ -32,6 +32,7 @@ LAYERS = (
         ),
     ),
     ("training", ("dinov2_cell.train",)),
+    ("reporting", ("dinov2_cell.report",)),  # reads training logs (train.health's flags) and eval outputs
     ("api", ("dinov2_cell.api",)),
     ("entry point", ("dinov2_cell.embed", "dinov2_cell.demo", "dinov2_cell.run")),
 )

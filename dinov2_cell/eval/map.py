@@ -31,7 +31,7 @@ import pandas as pd
 
 from dinov2_cell.eval.normalize import METHODS
 from dinov2_cell.eval.postprocess import PostProcess
-from dinov2_cell.columns import BROAD, CELL_LINE, PLATE, TARGET
+from dinov2_cell.columns import BROAD, CELL_LINE, PERT, PLATE, TARGET
 from dinov2_cell.profiles.io import check_profiles, feature_columns, is_control, read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
@@ -218,6 +218,33 @@ def consistency_map(
     ).drop(columns=["indices"], errors="ignore")
 
 
+def annotate_compounds(
+    table: pd.DataFrame, profiles: pd.DataFrame, label_col: str = BROAD, columns: Sequence[str] = (PERT, TARGET)
+) -> pd.DataFrame:
+    """Add each compound's annotations (name, target) from the profiles to a per-compound table.
+
+    Args:
+        table: one row per compound (``label_col``), e.g. copairs' activity table.
+        profiles: the profile rows the table was computed from.
+        label_col: compound column of both.
+        columns: annotation columns to add, where ``profiles`` has them (the first non-empty value per compound).
+
+    Returns:
+        A new table: ``label_col``, the annotation columns, then ``table``'s other columns.
+    """
+    out = table.copy()
+    added = []
+    for col in columns:
+        if col == label_col or col not in profiles.columns or col in out.columns:
+            continue
+        values = profiles[col].astype(str).where(profiles[col].notna(), "")
+        values = values[(values.str.strip() != "") & (values != "nan")]
+        first = values.groupby(profiles.loc[values.index, label_col].astype(str)).first()
+        out[col] = out[label_col].astype(str).map(first).fillna("")
+        added.append(col)
+    return out[[label_col, *added, *[c for c in table.columns if c != label_col]]]
+
+
 def _summary(table: pd.DataFrame) -> dict:
     n = int(len(table))
     if n == 0:
@@ -276,7 +303,8 @@ def map_scores(
     Returns:
         Dict with ``config`` and, for ``activity`` and ``consistency``: ``summary`` (group name -> mean mAP, fraction
         retrieved, counts; plus ``all``, pooled over groups' tables) and ``table`` (DataFrame, one row per compound or
-        target and group).
+        target and group; the activity table also carries each compound's name and target where the profiles have
+        them, and the ``split_by`` columns, before copairs' values).
 
     Raises:
         ValueError: bad option, missing column, NaN features, or a group / plate without DMSO wells (named).
@@ -309,7 +337,10 @@ def map_scores(
             active = t.loc[t["below_corrected_p"].astype(bool), label_col].tolist() if len(t) else []
             if activity:
                 act_summary[name] = _summary(t)
-                act_tables.append(t.assign(**label_info))
+                t = annotate_compounds(t.assign(**label_info), sub, label_col, (PERT, target_col))
+                # metadata first: compound, its name and target, the group (cell line), then copairs' values
+                meta = [label_col, *[c for c in (PERT, target_col) if c in t.columns and c != label_col], *split_by]
+                act_tables.append(t[list(dict.fromkeys(meta)) + [c for c in t.columns if c not in meta]])
         if consistency:
             t = consistency_map(
                 sub,
