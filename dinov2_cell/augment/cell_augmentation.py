@@ -11,20 +11,17 @@ See `transforms.py` for the formulas and how the paper's ambiguities are read.
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 
-from dinov2_cell.augment.device import SITE_HW_SUFFIX, check_device_mode, cheap_resize
+from dinov2_cell.augment.device import SITE_HW_SUFFIX, cheap_resize
+from dinov2_cell.augment.params import AugmentationParams, augmentation_params
 from dinov2_cell.data.intensity import RawSite
 from dinov2_cell.augment.transforms import (
-    ChannelJitter,
-    ElasticDeform,
-    MicroscopeNoise,
-    RandomFlip,
     RandomResizedCrop,
-    RandomRotate,
     SiteField,
     apply_dihedral,
     check_image,
@@ -45,23 +42,12 @@ class CellDataAugmentation:
         global_crops_size: side of the global crops in pixels.
         local_crops_size: side of the local crops in pixels.
         other_site_view: the dataset should pass `other_site=` (local aggregation on); sets `wants_other_site`.
-        brightness: alpha_b, beta_c ~ U(max(0, 1 - alpha_b), 1 + alpha_b) per channel.
-        contrast: alpha_c, gamma_c ~ U(max(0, 1 - alpha_c), 1 + alpha_c) per channel.
-        jitter_p: probability of jittering a crop.
-        noise_p: probability of microscope noise on a crop.
-        noise_shot: sigma_shot (photons = I / sigma_shot).
-        noise_dark: sigma_dark offset.
-        noise_read: sigma_read, Gaussian read-noise std.
-        elastic_p: probability of the elastic deformation.
-        elastic_alpha: alpha, displacement scale in pixels (of the site or of the crop, see elastic_frame).
-        elastic_sigma: sigma, smoothness of the displacement in pixels (of the site or of the crop).
-        elastic_frame: "site" (the field is defined in site pixels and read at each crop's pixels, so every crop
-            shows the specimen deformed alike) or "crop" (alpha and sigma in each crop's own pixels).
-        rotation: "none", "right_angles" or "any".
-        hflip_p: probability of a horizontal flip.
-        vflip_p: probability of a vertical flip.
-        device: "loader" (every augmentation here, per sample) or "model" (only the crops here; the per-pixel
-            augmentations run batched on the training device, see `dinov2_cell.augment.device`).
+        params: the augmentation parameters (`augmentations.*`: jitter, noise, elastic, rotation, flips and
+            `device`), shared with the device side; default: the config defaults. `device` "loader" does every
+            augmentation here, per sample; "model" only the crops here, the per-pixel augmentations batched on the
+            training device (see `dinov2_cell.augment.device`).
+        **overrides: `AugmentationParams` fields replacing those of `params` (e.g. `noise_p=0.0`,
+            `**cfg.augmentations`); an unknown keyword is a TypeError naming it.
 
     Call: `aug(image)` or `aug(image, other_site=other_image)` with float C x H x W tensors in [0, 1]; returns
     upstream's dict (`global_crops`, `global_crops_teacher`, `local_crops`, `offsets`) plus `other_site_crops`
@@ -82,22 +68,11 @@ class CellDataAugmentation:
         local_crops_size: int = 96,
         *,
         other_site_view: bool = True,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        jitter_p: float = 0.8,
-        noise_p: float = 0.5,
-        noise_shot: float = 0.1,
-        noise_dark: float = 0.05,
-        noise_read: float = 0.01,
-        elastic_p: float = 0.5,
-        elastic_alpha: float = 1200.0,
-        elastic_sigma: float = 40.0,
-        elastic_frame: str = "site",
-        rotation: str = "right_angles",
-        hflip_p: float = 0.5,
-        vflip_p: float = 0.5,
-        device: str = "loader",
+        params: Optional[AugmentationParams] = None,
+        **overrides,
     ):
+        p = (params if params is not None else AugmentationParams()).replace(**overrides)
+        self.params = p
         self.global_crops_scale = tuple(float(s) for s in global_crops_scale)
         self.local_crops_scale = tuple(float(s) for s in local_crops_scale)
         self.local_crops_number = int(local_crops_number)
@@ -109,12 +84,8 @@ class CellDataAugmentation:
 
         self.global_crop = RandomResizedCrop(self.global_crops_size, self.global_crops_scale)
         self.local_crop = RandomResizedCrop(self.local_crops_size, self.local_crops_scale)
-        self.flip = RandomFlip(hflip_p, vflip_p)
-        self.rotate = RandomRotate(rotation)
-        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p, elastic_frame)
-        self.jitter = ChannelJitter(brightness, contrast, jitter_p)
-        self.noise = MicroscopeNoise(noise_shot, noise_dark, noise_read, noise_p)
-        self.device = check_device_mode(device)
+        self.flip, self.rotate, self.elastic, self.jitter, self.noise = p.transforms()
+        self.device = p.device
 
         logger.info(
             "CellDataAugmentation: global %s px scale %s, %d local %s px scale %s, other-site view %s, jitter "
@@ -126,20 +97,20 @@ class CellDataAugmentation:
             self.local_crops_size,
             self.local_crops_scale,
             self.wants_other_site,
-            brightness,
-            contrast,
-            jitter_p,
-            noise_shot,
-            noise_dark,
-            noise_read,
-            noise_p,
-            elastic_alpha,
-            elastic_sigma,
-            elastic_p,
-            elastic_frame,
-            rotation,
-            hflip_p,
-            vflip_p,
+            p.brightness,
+            p.contrast,
+            p.jitter_p,
+            p.noise_shot,
+            p.noise_dark,
+            p.noise_read,
+            p.noise_p,
+            p.elastic_alpha,
+            p.elastic_sigma,
+            p.elastic_p,
+            p.elastic_frame,
+            p.rotation,
+            p.hflip_p,
+            p.vflip_p,
             "training device" if self.device == "model" else "loader",
         )
 
@@ -243,3 +214,17 @@ class CellDataAugmentation:
             other_site_crops=other_site_crops,
         )
         return out
+
+
+def loader_augmentation(cfg, other_site_view: bool) -> Callable[..., CellDataAugmentation]:
+    """The loader-side augmentation factory of a training run, for upstream's `DataAugmentationDINO` call.
+
+    Args:
+        cfg: the merged training config (its `augmentations` section, read by `augmentation_params` as the device
+            side reads it).
+        other_site_view: the dataset passes `other_site=` (local aggregation on).
+
+    Returns:
+        `f(global_crops_scale, local_crops_scale, local_crops_number, global_crops_size=, local_crops_size=)`.
+    """
+    return functools.partial(CellDataAugmentation, other_site_view=other_site_view, params=augmentation_params(cfg))

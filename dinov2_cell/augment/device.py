@@ -12,8 +12,8 @@ bilinear resampling when elastic or an arbitrary angle applies, else an exact co
 `jitter_p` and microscope noise with probability `noise_p`, each drawn independently per crop.
 
 Randomness comes from a dedicated `torch.Generator` on the device, seeded from (seed, rank): crops of one batch and
-batches of different ranks get different parameters, and a fixed seed reproduces the run. The generator's state is
-not checkpointed; a resumed run restarts its stream from the seed (upstream's loader workers do the same).
+batches of different ranks get different parameters, and a fixed seed reproduces the run. Training checkpoints carry
+the generator's state (`state_dict` / `load_state_dict`), so a resumed run continues its stream.
 """
 
 from __future__ import annotations
@@ -26,43 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from dinov2_cell.augment.checks import check_channel_range
-from dinov2_cell.augment.transforms import (
-    ChannelJitter,
-    ElasticDeform,
-    MicroscopeNoise,
-    RandomFlip,
-    RandomRotate,
-    SiteField,
-    _gaussian_kernel1d,
-    site_elastic_field,
-)
+from dinov2_cell.augment.params import AugmentationParams, augmentation_params
+from dinov2_cell.augment.transforms import SiteField, _gaussian_kernel1d, site_elastic_field
 
 logger = logging.getLogger("dinov2")
-
-AUGMENT_DEVICES = ("loader", "model")
 
 # The collated crop tensors the device augmentation processes (upstream's two plus the other-site views).
 CROP_KEYS = ("collated_global_crops", "collated_local_crops", "collated_other_site_crops")
 # Suffix of the per-crop box sizes (height, width in site pixels) that model mode sends beside the crops.
 SITE_HW_SUFFIX = "_site_hw"
-
-
-def check_device_mode(device: str) -> str:
-    """Validate `augmentations.device`.
-
-    Args:
-        device: "loader" (every augmentation in the DataLoader workers) or "model" (per-pixel augmentations on the
-            training device).
-
-    Returns:
-        The validated value.
-
-    Raises:
-        ValueError: any other value (the message names the key).
-    """
-    if device not in AUGMENT_DEVICES:
-        raise ValueError(f"augmentations.device must be one of {AUGMENT_DEVICES}, got {device!r}")
-    return device
 
 
 # ---------------------------------------------------------------------------------------------- loader side
@@ -284,52 +256,30 @@ class DeviceCellAugmentation:
     """The per-pixel cell augmentations of `CellDataAugmentation`, applied to collated batches of crops.
 
     Args:
+        params: the augmentation parameters (`augmentations.*`), shared with the loader side; default: the config
+            defaults. Their `device` field is not read here.
         seed: the run's seed (with `rank`, seeds the generator).
         rank: the process's global rank.
-        brightness, contrast, jitter_p, noise_p, noise_shot, noise_dark, noise_read, elastic_p, elastic_alpha,
-            elastic_sigma, elastic_frame, rotation, hflip_p, vflip_p: as in `CellDataAugmentation` (the `augmentations.*` keys);
-            validated by the same per-sample classes, so bad values fail with the same messages.
+        **overrides: `AugmentationParams` fields replacing those of `params` (e.g. `noise_p=0.0`); validated by the
+            same per-sample classes as the loader side, so bad values fail with the same messages.
     """
 
-    def __init__(
-        self,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        jitter_p: float = 0.8,
-        noise_p: float = 0.5,
-        noise_shot: float = 0.1,
-        noise_dark: float = 0.05,
-        noise_read: float = 0.01,
-        elastic_p: float = 0.5,
-        elastic_alpha: float = 1200.0,
-        elastic_sigma: float = 40.0,
-        elastic_frame: str = "site",
-        rotation: str = "right_angles",
-        hflip_p: float = 0.5,
-        vflip_p: float = 0.5,
-    ):
-        self.flip = RandomFlip(hflip_p, vflip_p)
-        self.rotate = RandomRotate(rotation)
-        self.elastic = ElasticDeform(elastic_alpha, elastic_sigma, elastic_p, elastic_frame)
-        self.jitter = ChannelJitter(brightness, contrast, jitter_p)
-        self.noise = MicroscopeNoise(noise_shot, noise_dark, noise_read, noise_p)
+    def __init__(self, params: Optional[AugmentationParams] = None, *, seed: int = 0, rank: int = 0, **overrides):
+        self.params = (params if params is not None else AugmentationParams()).replace(**overrides)
+        self.flip, self.rotate, self.elastic, self.jitter, self.noise = self.params.transforms()
         self.seed, self.rank = int(seed), int(rank)
         self.generator: Optional[torch.Generator] = None
 
     @classmethod
     def from_config(cls, augmentations_cfg, seed: int, rank: int) -> "DeviceCellAugmentation":
-        """Build from the `augmentations` config section (its `device` key is not a parameter here).
+        """Build from the `augmentations` config section (through `AugmentationParams.from_config`).
 
         Args:
             augmentations_cfg: mapping of `augmentations.*` keys.
             seed: the run's seed.
             rank: the process's global rank.
         """
-        kwargs = {k: v for k, v in dict(augmentations_cfg).items() if k != "device"}
-        return cls(seed=seed, rank=rank, **kwargs)
+        return cls(AugmentationParams.from_config(augmentations_cfg), seed=seed, rank=rank)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
@@ -337,7 +287,42 @@ class DeviceCellAugmentation:
                 raise RuntimeError(f"DeviceCellAugmentation: batches moved from {self.generator.device} to {device}")
             self.generator = torch.Generator(device=device)
             self.generator.manual_seed(mix_seed(self.seed, self.rank))
+            pending = getattr(self, "_pending_generator_state", None)
+            if pending is not None:  # restored from a checkpoint before the first batch showed the device
+                self.generator.set_state(pending)
+                self._pending_generator_state = None
         return self.generator
+
+    def state_dict(self) -> dict:
+        """The generator's state, for a training checkpoint (exact resume).
+
+        Returns:
+            {"seed", "rank", "generator": ByteTensor, or None before the first batch}.
+        """
+        g = self.generator
+        state = g.get_state() if g is not None else getattr(self, "_pending_generator_state", None)
+        return {"seed": self.seed, "rank": self.rank, "generator": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continues the stream a checkpoint's `state_dict()` saved (applied when the generator is created).
+
+        Args:
+            state: what `state_dict()` returned.
+
+        Raises:
+            ValueError: the state was saved by another (seed, rank): the run's seed or rank layout changed.
+        """
+        if (int(state["seed"]), int(state["rank"])) != (self.seed, self.rank):
+            raise ValueError(
+                f"device augmentation state of seed {state['seed']}, rank {state['rank']} cannot continue the stream of "
+                f"seed {self.seed}, rank {self.rank}: resume with the same --seed and number of processes"
+            )
+        if state["generator"] is None:
+            return
+        if self.generator is not None:
+            self.generator.set_state(state["generator"])
+        else:
+            self._pending_generator_state = state["generator"]
 
     def __call__(self, x: torch.Tensor, name: str = "crops", site_hw: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Check a batch of crops and augment it, each crop with its own parameters.
@@ -467,14 +452,13 @@ def build_device_augmentation(cfg) -> Optional[DeviceCellAugmentation]:
         cfg: the merged training config.
 
     Returns:
-        A DeviceCellAugmentation built from `cfg.augmentations`, or None.
+        A DeviceCellAugmentation built from `cfg.augmentations` (`augmentation_params`, as the loader side), or None.
 
     Raises:
-        ValueError: `augmentations.device` is neither "loader" nor "model".
+        ValueError: `augmentations.device` is neither "loader" nor "model", or another bad `augmentations` key.
     """
-    aug_cfg = cfg.get("augmentations", None)
-    mode = check_device_mode(aug_cfg.get("device", "loader") if aug_cfg is not None else "loader")
-    if mode != "model":
+    params = augmentation_params(cfg)
+    if params.device != "model":
         return None
     rank = (
         torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
@@ -483,4 +467,4 @@ def build_device_augmentation(cfg) -> Optional[DeviceCellAugmentation]:
     logger.info(
         "augmentations.device=model: per-pixel cell augmentations on the training device (seed %d, rank %d)", seed, rank
     )
-    return DeviceCellAugmentation.from_config(aug_cfg, seed=seed, rank=rank)
+    return DeviceCellAugmentation(params, seed=seed, rank=rank)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-from functools import partial
 
 import torch
 
@@ -62,9 +61,9 @@ def build_training_dataset(cfg, transform):
 
 def plug_cell_components(cfg, dataset, do_local_aggregation: bool, metric_logger=None):
     """Makes upstream's `do_train` build the cell augmentation and the other-site collate, and reuse `dataset`."""
-    from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
+    from dinov2_cell.augment.cell_augmentation import loader_augmentation
 
-    augmentation = partial(CellDataAugmentation, other_site_view=do_local_aggregation, **cfg.augmentations)
+    augmentation = loader_augmentation(cfg, other_site_view=do_local_aggregation)  # same parameters as the device side
     bind_training_run(augmentation=augmentation, dataset=dataset, metric_logger=metric_logger)
     return dataset
 
