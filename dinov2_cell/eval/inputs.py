@@ -1,8 +1,10 @@
 """Inputs of the evaluation: profile tables, folders of per-plate profiles and challenge submissions.
 
 Any table with ``Metadata_Plate`` and ``Metadata_Well`` is accepted; the profile Metadata columns it lacks (e.g. the
-cell line of CPJUMP1's published profiles, or everything but the compound in a challenge submission) are joined from
-the packaged CPJUMP1 metadata.
+cell line of CPJUMP1's published profiles, or everything but the compound in a January-layout challenge submission)
+are joined from the packaged CPJUMP1 metadata. A final-layout submission (``ID``, ``feature_1`` ...) has neither: its
+IDs are mapped to plates and wells through the organisers' metadata_test.csv (``metadata_test=``), then the rest is
+joined the same way.
 """
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ logger = logging.getLogger("dinov2_cell.eval")
 
 
 def is_submission(df: pd.DataFrame) -> bool:
-    """Whether a table is a challenge submission (Metadata_broad_sample, _Plate, _Well, feature_0, ...).
+    """Whether a table is a challenge submission, in the final layout (ID, feature_1, ...) or the January one
+    (Metadata_broad_sample, _Plate, _Well, feature_0, ...).
 
     Args:
         df: a table.
 
     Returns:
-        True for the organisers' layout.
+        True for either of the organisers' layouts.
     """
-    from dinov2_cell.profiles.submission import FEATURE_PREFIX, KEY_COLUMNS
+    from dinov2_cell.profiles.submission import detect_format
 
-    cols = [str(c) for c in df.columns]
-    return cols[:3] == list(KEY_COLUMNS) and len(cols) > 3 and cols[3] == f"{FEATURE_PREFIX}0"
+    return detect_format(df) is not None
 
 
 PROFILE_EXTENSIONS = (".parquet", ".csv", ".csv.gz", ".tsv", ".tsv.gz")
@@ -104,7 +106,7 @@ def add_missing_metadata(df: pd.DataFrame, source: str) -> pd.DataFrame:
     return pd.concat([df[own_meta], added, df[others]], axis=1)
 
 
-def load_tables(paths: Sequence[str] | str) -> pd.DataFrame:
+def load_tables(paths: Sequence[str] | str, metadata_test: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read one or several profile tables (files or folders, e.g. CPJUMP1's per-plate published profiles).
 
     Each file is read by :func:`load_table` (Metadata columns the profiles need but a file lacks are joined from the
@@ -113,12 +115,13 @@ def load_tables(paths: Sequence[str] | str) -> pd.DataFrame:
 
     Args:
         paths: a path or a list of paths (files and/or folders).
+        metadata_test: the organisers' metadata_test.csv, to read final-layout submissions (see :func:`load_table`).
 
     Returns:
         The table.
     """
     files = expand_profile_paths([paths] if isinstance(paths, str) else list(paths))
-    frames = [load_table(f) for f in files]
+    frames = [load_table(f, metadata_test=metadata_test) for f in files]
     if len(frames) == 1:
         return frames[0]
     common = [c for c in frames[0].columns if all(c in f.columns for f in frames[1:])]
@@ -133,17 +136,32 @@ def load_tables(paths: Sequence[str] | str) -> pd.DataFrame:
     return pd.concat([f[common] for f in frames], ignore_index=True)
 
 
-def load_table(path: str) -> pd.DataFrame:
+def load_table(path: str, metadata_test: str | os.PathLike | None = None) -> pd.DataFrame:
     """Read one profile table or challenge submission, with the missing profile Metadata columns joined.
 
     Args:
         path: profiles (.parquet, .csv, .csv.gz, .tsv) or a submission CSV (its cell lines, compound names and targets
             come from the packaged CPJUMP1 metadata).
+        metadata_test: the organisers' metadata_test.csv; needed for a final-layout submission (``ID``,
+            ``feature_1`` ...), whose IDs it maps to plates and wells.
 
     Returns:
-        The table.
+        The table (a final-layout submission gains ``Metadata_ID``, ``Metadata_Plate`` and ``Metadata_Well``).
+
+    Raises:
+        ValueError: a final-layout submission without ``metadata_test``, or with IDs the file does not have.
     """
-    df = read_profiles(path)
-    if is_submission(df):
-        logger.info("%s: challenge submission", path)
+    from dinov2_cell.profiles.submission import FINAL, detect_format, read_submission, submission_wells
+
+    df = read_submission(path)
+    fmt = detect_format(df)
+    if fmt == FINAL:
+        if metadata_test is None:
+            raise ValueError(
+                f"{path}: a final-layout challenge submission (ID, feature_1, ...): pass --metadata-test FILE (the "
+                "organisers' metadata_test.csv) to map its IDs to plates and wells"
+            )
+        df = submission_wells(df, metadata_test, source=path)
+    if fmt is not None:
+        logger.info("%s: challenge submission (%s layout)", path, fmt)
     return add_missing_metadata(df, path)

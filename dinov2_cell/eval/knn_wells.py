@@ -31,6 +31,10 @@ explicit (every one is an option):
   given); the overall score is the mean over the combinations.
 * **Normalisation** (optional, default none): per-plate DMSO standardisation / robustisation / sphering
   (:mod:`dinov2_cell.eval.normalize`), fitted on DMSO wells only, before splitting.
+* **Controls** (the wells normalised against and left out): ``Metadata_control_type == "negcon"`` when the table has
+  that column (JUMP convention), else ``Metadata_pert_iname == "DMSO"`` or an empty ``Metadata_broad_sample``;
+  ``control_query`` (a pandas query string, ``--control-query``) overrides both
+  (:func:`dinov2_cell.profiles.io.is_control`).
 
 Outputs: a table on stdout (percentages); with ``--out DIR``: ``knn_folds.csv`` (every fold of every combination),
 ``knn_summary.csv`` (combinations + mean), ``knn.json`` (everything, config included) and, with ``--map``, mAP tables
@@ -61,7 +65,14 @@ from dinov2_cell.eval.inputs import (  # noqa: F401  (part of this API)
 from dinov2_cell.eval.normalize import METHODS
 from dinov2_cell.eval.postprocess import PostProcess, parse_block_weights
 from dinov2_cell.eval.outputs import KNN_FILES, format_table, write_outputs  # noqa: F401  (part of this API)
-from dinov2_cell.profiles.io import check_profiles, feature_columns, is_control, read_profiles
+from dinov2_cell.profiles.io import (
+    check_profiles,
+    control_rule,
+    feature_columns,
+    is_control,
+    mark_controls,
+    read_profiles,
+)
 
 logger = logging.getLogger("dinov2_cell.eval")
 
@@ -202,6 +213,7 @@ def evaluate(
     cross_line_train: str = "fold",
     feature_select: bool = False,
     block_weights: dict | None = None,
+    control_query: str | None = None,
 ) -> dict:
     """Run the challenge kNN protocol (see module docstring).
 
@@ -224,6 +236,8 @@ def evaluate(
         feature_select: pycytominer feature selection after normalising (:mod:`dinov2_cell.eval.postprocess`).
         block_weights: scale each model block (``fluo_``, ``bf_``) to unit mean norm times its weight (``{}``: all
             1); None keeps the raw concatenation.
+        control_query: pandas query string selecting the negative controls (default: ``Metadata_control_type ==
+            "negcon"`` when present, else the DMSO spellings; see :func:`dinov2_cell.profiles.io.is_control`).
 
     Returns:
         Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
@@ -243,6 +257,10 @@ def evaluate(
         raise ValueError(f"cross_line_train must be one of {CROSS_LINE_TRAIN}, got {cross_line_train!r}")
     source = source or (profiles if isinstance(profiles, str) else "profiles")
     df = read_profiles(profiles)
+    controls = control_rule(df, control_query)
+    if control_query is not None:
+        # Written into Metadata_control_type, so normalisation and the DMSO filter below use the same wells.
+        df = mark_controls(df, control_query)
     feats = check_profiles(df, required=(PLATE, label_col, cell_line_col), source=source)
     feats = list(feature_cols) if feature_cols is not None else feats
     if plates is not None:
@@ -331,6 +349,7 @@ def evaluate(
         "feature_select": bool(feature_select),
         "block_weights": None if block_weights is None else dict(block_weights),
         "postprocess": post.describe(),
+        "controls": controls,
         "label_col": label_col,
         "cell_line_col": cell_line_col,
         "seed": seed,
@@ -360,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         "<plate>_normalized_feature_select_negcon_batch.csv.gz), or a challenge submission CSV; Metadata columns a "
         "file lacks (e.g. the cell line) come from the packaged CPJUMP1 metadata",
     )
+    p.add_argument(
+        "--metadata-test",
+        default=None,
+        metavar="FILE",
+        help="the organisers' metadata_test.csv (columns ID, plate, well; found by name), to score a final-layout "
+        "submission (ID, feature_1 ...): its IDs are mapped to plates and wells",
+    )
     g = p.add_argument_group("protocol")
     g.add_argument("--k", type=positive_int, default=1, help="neighbours")
     g.add_argument("--metric", default="cosine", help="scikit-learn distance (cosine, euclidean, correlation, ...)")
@@ -368,6 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds", type=positive_int, default=5, help="plate folds per cell line (fewer plates: leave-one-plate-out)"
     )
     g.add_argument("--normalize", choices=METHODS, default="none", help="per-plate normalisation against DMSO wells")
+    g.add_argument(
+        "--control-query",
+        default=None,
+        metavar="QUERY",
+        help="pandas query selecting the negative control wells (normalised against, left out of the kNN, the mAP "
+        "reference), e.g. \"Metadata_pert_iname == 'DMSO'\"; default: Metadata_control_type == 'negcon' when the "
+        "table has that column, else Metadata_pert_iname == 'DMSO' or an empty Metadata_broad_sample",
+    )
     g.add_argument(
         "--feature-select",
         action="store_true",
@@ -426,7 +460,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         for n in KNN_FILES:
             if os.path.exists(os.path.join(args.out, n)):
                 raise FileExistsError(f"{os.path.join(args.out, n)} exists; refusing to overwrite (pass --overwrite)")
-    profiles = load_tables(args.profiles)
+    profiles = load_tables(args.profiles, metadata_test=args.metadata_test)
     source = args.profiles[0] if len(args.profiles) == 1 else f"{len(args.profiles)} profile paths"
     result = evaluate(
         profiles,
@@ -443,6 +477,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         cross_line_train=args.cross_line_train,
         feature_select=args.feature_select,
         block_weights=block_weights,
+        control_query=args.control_query,
     )
     result["config"]["profiles"] = (
         os.path.abspath(args.profiles[0]) if len(args.profiles) == 1 else [os.path.abspath(p) for p in args.profiles]
@@ -453,6 +488,8 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
 
         if plates is not None:
             profiles = profiles[profiles[PLATE].astype(str).isin(plates)]
+        if args.control_query is not None:
+            profiles = mark_controls(profiles, args.control_query)  # the same controls as the kNN's
         map_result = map_scores(
             profiles,
             normalize=args.normalize,

@@ -14,7 +14,9 @@ Only DMSO wells are used to fit (no compound label is read), so normalising befo
 label; ``spherize`` pools the DMSO wells of every plate in the table (test plates included), an unsupervised,
 transductive step that JUMP pipelines also take over a whole batch.
 
-DMSO wells are recognised by :func:`dinov2_cell.profiles.io.is_control`. A plate with fewer than ``min_controls``
+DMSO wells are recognised by :func:`dinov2_cell.profiles.io.is_control`: ``Metadata_control_type == "negcon"`` when
+the table has that column (the JUMP convention), else ``Metadata_pert_iname == "DMSO"`` or an empty
+``Metadata_broad_sample``; ``control_query`` (a pandas query string) overrides both. A plate with fewer than ``min_controls``
 DMSO wells is an error that names the plate. A feature with zero spread on a plate's DMSO wells is divided by
 pycytominer's epsilon (``mad_robustize``) or left centred (``standardize``), as pycytominer does.
 """
@@ -24,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dinov2_cell.profiles.io import PLATE, check_profiles, is_control
+from dinov2_cell.profiles.io import CONTROL_TYPE, PLATE, check_profiles, is_control, mark_controls
 from dinov2_cell.profiles.recipe import normalize_per_plate
 
 METHODS = ("none", "standardize", "robustize", "mad_robustize", "spherize")
@@ -76,6 +78,7 @@ def normalize_profiles(
     plate_col: str = PLATE,
     eps: float = 1e-6,
     min_controls: int = 2,
+    control_query: str | None = None,
 ) -> pd.DataFrame:
     """Normalise features against DMSO wells (see module docstring).
 
@@ -86,6 +89,7 @@ def normalize_profiles(
         plate_col: plate column.
         eps: sphering regulariser (``spherize``).
         min_controls: fewest DMSO wells a plate may have.
+        control_query: pandas query string selecting the controls (default: see the module docstring).
 
     Returns:
         A new DataFrame with float64 normalised features (metadata untouched, same row and column order).
@@ -99,6 +103,15 @@ def normalize_profiles(
     feats = list(feature_cols) if feature_cols is not None else feats
     if method == "none":
         return df.copy()
+    if control_query is not None:
+        # The query's wells become Metadata_control_type == "negcon", which every later is_control call follows;
+        # the caller's table keeps its own columns.
+        marked = mark_controls(df, control_query)
+        out = normalize_profiles(marked, method, feats, plate_col, eps, min_controls)
+        out = out[list(df.columns)].copy()
+        if CONTROL_TYPE in df.columns:
+            out[CONTROL_TYPE] = df[CONTROL_TYPE]
+        return out
     per_plate = "standardize" if method == "spherize" else method
     out = normalize_per_plate(df, per_plate, feats, min_controls=min_controls, plate_col=plate_col)
     if method == "spherize":

@@ -6,8 +6,11 @@ use, so CellProfiler profiles from the Cell Painting Gallery are read the same w
 
 Columns our profiles always carry (:data:`PROFILE_METADATA`): Metadata_Plate, Metadata_Well, Metadata_broad_sample,
 Metadata_pert_iname, Metadata_target, Metadata_cell_line. DMSO wells have ``Metadata_pert_iname == "DMSO"`` and an
-empty ``Metadata_broad_sample`` (CPJUMP1 plate map convention); :func:`is_control` recognises both and also
-``Metadata_broad_sample == "DMSO"`` as some published profiles spell it.
+empty ``Metadata_broad_sample`` (CPJUMP1 plate map convention). :func:`is_control` finds the negative controls: by a
+user's pandas query when one is given, else by the JUMP convention ``Metadata_control_type == "negcon"`` when that
+column is present, else by the DMSO spellings above (and ``Metadata_broad_sample == "DMSO"``, as some published
+profiles spell it); :func:`control_rule` says which rule applies and :func:`mark_controls` writes the result into
+``Metadata_control_type`` so that pycytominer's ``samples="Metadata_control_type == 'negcon'"`` selects the same wells.
 
 Writes go through :mod:`dinov2_cell.atomic` (a temporary file in the destination folder renamed into place), so a
 crash never leaves a half-written file under the final name; an existing file is never replaced unless ``overwrite``.
@@ -37,6 +40,9 @@ from dinov2_cell.columns import (  # noqa: F401  (re-exported: the profile table
     TARGET,
     WELL,
 )
+
+CONTROL_TYPE = "Metadata_control_type"  # JUMP / CPJUMP1 plate map column
+NEGCON = "negcon"  # its value for negative controls (DMSO on the compound plates)
 
 
 def metadata_columns(df: pd.DataFrame) -> list[str]:
@@ -127,23 +133,73 @@ def _row_label(df: pd.DataFrame, i: int) -> str:
     return ", ".join(parts) if parts else f"row {i}"
 
 
-def is_control(df: pd.DataFrame) -> np.ndarray:
-    """Boolean mask of DMSO (negative control) wells.
-
-    A well is a control if ``Metadata_pert_iname`` is "DMSO" (case-insensitive) or ``Metadata_broad_sample`` is
-    empty, missing or "DMSO".
+def query_mask(df: pd.DataFrame, query: str) -> np.ndarray:
+    """Rows selected by a pandas query string (``DataFrame.query`` syntax, as pycytominer's ``samples``).
 
     Args:
-        df: a profile table with at least one of Metadata_pert_iname / Metadata_broad_sample.
+        df: a table.
+        query: e.g. ``"Metadata_pert_iname == 'DMSO'"`` or ``"Metadata_control_type == 'negcon'"``.
 
     Returns:
         Boolean numpy array, one entry per row.
 
     Raises:
-        ValueError: neither column is present.
+        ValueError: the query does not parse, names a missing column, or does not give one boolean per row.
     """
+    try:
+        result = df.reset_index(drop=True).eval(query, engine="python")
+    except Exception as e:  # noqa: BLE001  (pandas raises many types for a bad expression; all are bad input)
+        cols = metadata_columns(df)
+        raise ValueError(f"control query {query!r}: {type(e).__name__}: {e} (metadata columns: {cols})") from None
+    if not isinstance(result, pd.Series) or len(result) != len(df) or not pd.api.types.is_bool_dtype(result.dtype):
+        raise ValueError(f"control query {query!r} must give one True/False per row (a comparison, e.g. col == 'x')")
+    return result.fillna(False).to_numpy(dtype=bool)
+
+
+def control_rule(df: pd.DataFrame, query: str | None = None) -> str:
+    """Which rule :func:`is_control` applies to this table, in words (for logs, errors and run records).
+
+    Args:
+        df: a profile table.
+        query: a control query (pandas syntax) that overrides the column conventions.
+
+    Returns:
+        e.g. ``"Metadata_control_type == 'negcon'"``.
+    """
+    if query is not None:
+        return f"query {query!r}"
+    if CONTROL_TYPE in df.columns:
+        return f"{CONTROL_TYPE} == {NEGCON!r}"
+    return f"{PERT} == {CONTROL_NAME!r} or an empty {BROAD}"
+
+
+def is_control(df: pd.DataFrame, query: str | None = None) -> np.ndarray:
+    """Boolean mask of negative control (DMSO) wells.
+
+    The first rule that applies: ``query`` (a pandas query string) when given; ``Metadata_control_type == "negcon"``
+    (case-insensitive) when that column is present (the JUMP convention); else ``Metadata_pert_iname`` is "DMSO"
+    (case-insensitive) or ``Metadata_broad_sample`` is empty, missing or "DMSO" (the CPJUMP1 plate map convention).
+
+    Args:
+        df: a profile table.
+        query: optional pandas query string selecting the controls.
+
+    Returns:
+        Boolean numpy array, one entry per row.
+
+    Raises:
+        ValueError: a bad query, or no column to tell controls by.
+    """
+    if query is not None:
+        return query_mask(df, query)
+    if CONTROL_TYPE in df.columns:
+        kind = df[CONTROL_TYPE].astype("string").str.strip().str.lower()
+        return kind.eq(NEGCON).fillna(False).to_numpy(dtype=bool)
     if PERT not in df.columns and BROAD not in df.columns:
-        raise ValueError(f"cannot tell DMSO wells: need column {PERT} or {BROAD}")
+        raise ValueError(
+            f"cannot tell the negative control (DMSO) wells: need column {CONTROL_TYPE}, {PERT} or {BROAD}, or a "
+            "control query (--control-query)"
+        )
     mask = np.zeros(len(df), dtype=bool)
     if PERT in df.columns:
         mask |= df[PERT].astype("string").str.upper().eq(CONTROL_NAME).fillna(False).to_numpy(dtype=bool)
@@ -151,6 +207,37 @@ def is_control(df: pd.DataFrame) -> np.ndarray:
         b = df[BROAD].astype("string")
         mask |= (b.isna() | b.str.strip().eq("") | b.str.upper().eq(CONTROL_NAME)).fillna(True).to_numpy(dtype=bool)
     return mask
+
+
+def mark_controls(df: pd.DataFrame, query: str | None = None) -> pd.DataFrame:
+    """A copy with ``Metadata_control_type`` set to ``"negcon"`` exactly on the rows :func:`is_control` selects.
+
+    Other rows keep their own value (e.g. CPJUMP1's ``poscon_cp``), except a ``"negcon"`` the query did not select,
+    which becomes ``"trt"``; without the column they get ``"trt"``. Everything that calls :func:`is_control`
+    afterwards (normalisation, kNN, mAP), and pycytominer with ``samples="Metadata_control_type == 'negcon'"``, then
+    uses the same wells.
+
+    Args:
+        df: a profile table.
+        query: optional pandas query string selecting the controls (default: the column conventions).
+
+    Returns:
+        A new table (the column appended after the other Metadata columns when it was absent).
+
+    Raises:
+        ValueError: a bad query, or no column to tell controls by.
+    """
+    mask = is_control(df, query)
+    out = df.copy()
+    if CONTROL_TYPE in out.columns:
+        old = out[CONTROL_TYPE].astype(object).where(out[CONTROL_TYPE].notna(), "").astype(str)
+        other = old.where(old.str.strip().str.lower() != NEGCON, "trt")
+        out[CONTROL_TYPE] = np.where(mask, NEGCON, other)
+    else:
+        meta = metadata_columns(out)
+        at = out.columns.get_loc(meta[-1]) + 1 if meta else 0
+        out.insert(at, CONTROL_TYPE, np.where(mask, NEGCON, "trt"))
+    return out
 
 
 def read_profiles(profiles: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:

@@ -88,3 +88,51 @@ def test_spherize_with_fewer_controls_than_features_is_a_clear_error(planted):
         wide[f"g{j:02d}"] = np.random.default_rng(j).normal(size=len(wide))
     with pytest.raises(ValueError, match="66 DMSO wells for 96 features"):
         normalize_profiles(wide, "spherize")
+
+
+def _jump_style(planted):
+    """planted with Metadata_control_type: "negcon" on only the first 4 DMSO wells of each plate (the rest "trt"),
+    so that the column rule and the DMSO rule select different references."""
+    df = planted.copy()
+    first = df[is_control(df)].groupby("Metadata_Plate").head(4).index
+    kind = pd.Series("trt", index=df.index)
+    kind[first] = "negcon"
+    df.insert(5, "Metadata_control_type", kind)
+    return df
+
+
+@pytest.mark.parametrize("method", ["standardize", "mad_robustize"])
+def test_negcon_column_is_the_reference_as_pycytominer_samples(planted, method):
+    df = _jump_style(planted)
+    out = normalize_profiles(df, method)
+    feats = _feats(df)
+    parts = []
+    for _, rows in df.groupby("Metadata_Plate", sort=False):
+        meta = [c for c in rows.columns if c.startswith("Metadata_")]
+        ref = normalize(
+            rows, features=feats, meta_features=meta, samples="Metadata_control_type == 'negcon'", method=method
+        )
+        ref.index = rows.index
+        parts.append(ref)
+    ref = pd.concat(parts).loc[df.index]
+    np.testing.assert_allclose(out[feats].to_numpy(), ref[feats].to_numpy(), rtol=1e-12, atol=1e-12)
+    # ... which differs from normalising against every DMSO well
+    assert not np.allclose(out[feats].to_numpy(), normalize_profiles(planted, method)[feats].to_numpy())
+
+
+def test_control_query_overrides_the_column(planted):
+    df = _jump_style(planted)
+    out = normalize_profiles(df, "standardize", control_query="Metadata_pert_iname == 'DMSO'")
+    feats = _feats(df)
+    # the query selects every DMSO well again: the same numbers as the DMSO rule on the table without the column
+    expected = normalize_profiles(planted, "standardize")
+    np.testing.assert_allclose(out[feats].to_numpy(), expected[feats].to_numpy(), rtol=1e-12, atol=1e-12)
+    # metadata untouched (the column keeps its own values), same columns and order
+    assert list(out.columns) == list(df.columns)
+    assert out["Metadata_control_type"].tolist() == df["Metadata_control_type"].tolist()
+    with pytest.raises(ValueError, match="control query 'Metadata_nope == 1'"):
+        normalize_profiles(df, "standardize", control_query="Metadata_nope == 1")
+    with pytest.raises(ValueError, match="PL000: 0 DMSO well"):
+        normalize_profiles(
+            df, "standardize", control_query="Metadata_Plate != 'PL000' and Metadata_pert_iname == 'DMSO'"
+        )

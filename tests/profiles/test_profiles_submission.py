@@ -58,6 +58,14 @@ def _broken(tmp_path, profiles, kind):
         sub = sub.rename(columns={"feature_1": "feat_1"})
     elif kind == "duplicate":
         sub = pd.concat([sub, sub.iloc[[3]]], ignore_index=True)
+    elif kind == "duplicate_other_features":  # one well twice with different features: still a duplicate well
+        sub = pd.concat([sub, sub.iloc[[3]].assign(feature_0=sub["feature_0"].iloc[3] + 1.0)], ignore_index=True)
+    elif kind == "partial":  # three wells of one plate missing: the plate is partial, not absent
+        sub = sub.drop(index=sub.index[sub[PLATE] == PLATES[1]][:3])
+    elif kind == "absent":
+        sub = sub[sub[PLATE] != PLATES[1]]
+    elif kind == "foreign":  # a row of a plate that is not a compound plate
+        sub = pd.concat([sub, sub.iloc[[0]].assign(**{PLATE: "BR00117054"})], ignore_index=True)
     elif kind == "dmso":
         dmso = profiles[profiles["Metadata_pert_iname"] == "DMSO"].iloc[[0]]
         extra = dmso[[BROAD, PLATE, WELL]].assign(feature_0=0.0, feature_1=0.0, feature_2=0.0)
@@ -72,18 +80,23 @@ def _broken(tmp_path, profiles, kind):
 
 
 @pytest.mark.parametrize(
-    "kind,expected",
+    "kind,expected,not_expected",
     [
-        ("column", "column 5 is 'feat_1', expected feature_1"),
-        ("duplicate", "1 duplicated well(s)"),
-        ("dmso", "1 DMSO well(s), not compound-containing"),
-        ("nan", "1 missing, infinite or non-numeric feature value(s), first feature_2"),
-        ("broad", "differs from the packaged plate map"),
+        ("column", "column 5 is 'feat_1', expected feature_1", None),
+        ("duplicate", "1 duplicated well(s)", None),
+        ("duplicate_other_features", "1 duplicated well(s) (each well exactly once): BR00116991", None),
+        ("dmso", "1 DMSO well(s), not compound-containing", None),
+        ("nan", "1 missing, infinite or non-numeric feature value(s), first feature_2", None),
+        ("broad", "differs from the packaged plate map", None),
+        ("partial", "3 compound well(s) missing; partial plates (missing/expected): BR00116995 (3/320)", "absent"),
+        ("absent", "320 compound well(s) missing; plates absent: BR00116995", "partial plates"),
+        ("foreign", "1 row(s) of plate(s) outside the expected compound plates: BR00117054", None),
     ],
 )
-def test_check_finds_each_problem(tmp_path, profiles, kind, expected):
+def test_check_finds_each_problem(tmp_path, profiles, kind, expected, not_expected):
     problems = submission.check_submission(_broken(tmp_path, profiles, kind), plates=PLATES)
     assert len(problems) == 1 and expected in problems[0], problems
+    assert not_expected is None or not_expected not in problems[0]
 
 
 def test_cli_check_and_knn_on_a_submission(tmp_path, profiles):
