@@ -13,16 +13,21 @@ Commands:
           requeued on preemption and resumed from its last checkpoint.
   embed   per-plate embedding extraction as an array (one task per chunk of --plates-per-task plates), then a
           merge job that depends on the whole array (afterok) and writes the merged profiles + submission CSV.
+  cellprofiler
+          CellProfiler features (cp_measure, CPU only) as an array over plates: task I of N runs
+          `python -m dinov2_cell.profiles.cellprofiler --shard I/N --no-merge` (plates I, I+N, ... of the sorted
+          list, N = plates / --plates-per-task rounded up), then a merge job that depends on the whole array
+          (afterok) runs the JUMP recipe over all plates (--merge-only) and writes profiles.parquet.
 
 SLURM options (the same names, units and defaults as `python -m dinov2_cell.run.train --slurm`):
   --partition P        partition (default: $SLURM_PARTITION or SLURM's default)
   --account A          account (default: $SLURM_ACCOUNT)
   --qos Q              quality of service
   --time T             time limit per task, SLURM syntax: minutes, HH:MM:SS or D-HH:MM:SS
-                       (default 48:00:00 for train, 2:00:00 for embed)
+                       (default 48:00:00 for train, 2:00:00 for embed, 24:00:00 for cellprofiler)
   --nodes N            train: nodes per task (default 1)
   --gpus-per-node G    train: GPUs per node, one task each (default 4)
-  --cpus-per-gpu C     CPU cores per GPU task (default 10)
+  --cpus-per-gpu C     CPU cores per GPU task (default 10); cellprofiler: CPU cores (= worker processes) per task
   --mem-gb M           memory per node in GB (default: SLURM's)
   --exclude NODES      nodes to exclude
   --comment TEXT       comment passed to the scheduler
@@ -37,7 +42,11 @@ train options:
   --output-root DIR    runs go to DIR/fluo and DIR/bf (required)
   --fluo-config F      packaged config name or yaml file (default cpjump1_vits14_fluo)
   --bf-config F        packaged config name or yaml file (default cpjump1_vits14_bf)
+  --data-root DIR      dataset root of both trainings (default: $CPJUMP1_ROOT, read by the paper configs)
   extra `key=value` arguments after `--` are passed to both trainings as config overrides
+  Before anything is queued, `python -m dinov2_cell.run.train --check` validates both trainings (config keys,
+  warm-ups, output dirs, the batch over the GPUs, the data: root, plates, channels, a readable site per plate);
+  when it fails nothing is submitted (exit 2). --dry-run skips the check.
 
 embed options:
   --fluo RUN           fluorescent training output dir (or teacher checkpoint)
@@ -48,15 +57,25 @@ embed options:
   --plates-per-task K  default 1
   extra arguments after `--` are passed to `python -m dinov2_cell.embed`
 
+cellprofiler options:
+  --data-root DIR      plates (LoadData CSVs / Phenix folders / prepared store) (required)
+  --out DIR            profiles output dir (required)
+  --plates A,B,...     comma-separated plate barcodes (default: the 24 compound plates of 2020_11_04_CPJUMP1)
+  --plates-per-task K  default 1
+  extra arguments after `--` are passed to every task and to the merge job (the feature settings, e.g. --families,
+  must be the same in both; --submission writes submission.csv at the merge)
+
 Examples:
   CPJUMP1_ROOT=/data/cpg0000/source_4 slurm/launch.sh train --output-root runs/paper --partition gpu --dry-run
+  slurm/launch.sh train --output-root runs/paper --data-root /data/cpg0000/source_4 --partition gpu
   slurm/launch.sh embed --fluo runs/paper/fluo --bf runs/paper/bf --data-root /data/cpg0000/source_4 --out profiles
+  slurm/launch.sh cellprofiler --data-root /data/cpg0000/source_4 --out cp_profiles --partition cpu -- --submission
 TXT
 }
 
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 cmd=$1; shift
-case "$cmd" in -h|--help) usage; exit 0;; train|embed) ;; *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;; esac
+case "$cmd" in -h|--help) usage; exit 0;; train|embed|cellprofiler) ;; *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;; esac
 
 partition=${SLURM_PARTITION:-}; account=${SLURM_ACCOUNT:-}; time_limit=""; python=python; logs=slurm_logs; dry=0
 qos=""; mem_gb=""; exclude=""; comment=""
@@ -122,13 +141,20 @@ quote() { local out=() a; for a in "$@"; do out+=("$(printf '%q' "$a")"); done; 
 
 if [ "$cmd" = train ]; then
   [ -n "$output_root" ] || { echo "train: --output-root is required" >&2; exit 2; }
-  # Refuse before queueing what the job would refuse after waiting in the queue: a bad key, a foreign output dir, or
-  # a total batch that --nodes x --gpus-per-node GPUs cannot share. Skipped with --dry-run (no environment needed).
+  root_arg=()
+  [ -n "$data_root" ] && root_arg=(--data-root "$data_root")
+  # Refuse before queueing what the job would refuse after waiting in the queue: a bad key, a warm-up longer than the
+  # run, a foreign output dir, a total batch that --nodes x --gpus-per-node GPUs cannot share, or data that is not
+  # there (unset CPJUMP1_ROOT, missing plates, wrong channels, an unreadable site). Skipped with --dry-run (no
+  # environment needed).
   if [ "$dry" = 0 ]; then
     for pair in "fluo $fluo_config" "bf $bf_config"; do
       set -- $pair
       "$python" -m dinov2_cell.run.train --check --config-file "$2" --output-dir "$output_root/$1" \
-        --nodes "$nodes" --gpus-per-node "$gpus" ${extra[@]+"${extra[@]}"} >&2 || exit 2
+        --nodes "$nodes" --gpus-per-node "$gpus" ${root_arg[@]+"${root_arg[@]}"} ${extra[@]+"${extra[@]}"} >&2 || {
+        echo "train: the check of the $1 training failed; nothing was queued" >&2
+        exit 2
+      }
     done
   fi
   script="#!/usr/bin/env bash
@@ -139,7 +165,7 @@ i=\$SLURM_ARRAY_TASK_ID
 # 120 s before the time limit SLURM signals this shell (B:USR1): requeue; the new run resumes from the checkpoint.
 trap 'echo \"requeuing before the time limit\"; scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"' USR1
 srun --kill-on-bad-exit=1 $(quote "$python") -m dinov2_cell.run.train --config-file \"\${configs[\$i]}\" \\
-  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) &
+  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${root_arg[@]+"${root_arg[@]}"} ${extra[@]+"${extra[@]}"}) &
 wait \$!"
   jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_train --array=0-1 --nodes="$nodes" \
     --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --cpus-per-task="$cpus" --time="${time_limit:-48:00:00}" \
@@ -148,14 +174,35 @@ wait \$!"
   exit 0
 fi
 
-# embed
-[ -n "$data_root" ] && [ -n "$out" ] || { echo "embed: --data-root and --out are required" >&2; exit 2; }
-[ -n "$fluo$bf" ] || { echo "embed: give --fluo and/or --bf" >&2; exit 2; }
+# embed, cellprofiler: per-plate arrays
+[ -n "$data_root" ] && [ -n "$out" ] || { echo "$cmd: --data-root and --out are required" >&2; exit 2; }
 if [ -z "$plates" ]; then
   plates=$("$python" -c "from dinov2_cell.data.metadata import compound_plates; print(' '.join(compound_plates()))")
 fi
 IFS=', ' read -r -a plate_arr <<< "$plates"  # comma-separated (spaces still accepted)
 n=${#plate_arr[@]}; tasks=$(( (n + per_task - 1) / per_task ))
+
+if [ "$cmd" = cellprofiler ]; then
+  [ "$dry" = 1 ] || [ -e "$data_root" ] || { echo "cellprofiler: --data-root $data_root: no such folder" >&2; exit 2; }
+  cp_args=(--data-root "$data_root" --out "$out" --plates "$(IFS=,; echo "${plate_arr[*]}")")
+  # Every task gets the whole plate list and its shard I/N: the driver keeps the sorted plates I, I+N, ...
+  script="#!/usr/bin/env bash
+set -euo pipefail
+$(quote "$python") -m dinov2_cell.profiles.cellprofiler $(quote "${cp_args[@]}") \\
+  --shard \"\$SLURM_ARRAY_TASK_ID/$tasks\" --no-merge --num-workers $cpus --no-progress $(quote ${extra[@]+"${extra[@]}"})"
+  jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_cellprofiler --array=0-$((tasks - 1)) --nodes=1 \
+    --ntasks-per-node=1 --cpus-per-task="$cpus" --time="${time_limit:-24:00:00}")
+  merge="#!/usr/bin/env bash
+set -euo pipefail
+$(quote "$python") -m dinov2_cell.profiles.cellprofiler $(quote "${cp_args[@]}") --merge-only --no-progress \\
+  $(quote ${extra[@]+"${extra[@]}"})"
+  mid=$(submit "$merge" "${common[@]}" --job-name=dinov2_cell_cellprofiler_merge --dependency=afterok:"$jid" \
+    --nodes=1 --ntasks-per-node=1 --cpus-per-task=4 --time=2:00:00)
+  echo "cellprofiler array job: $jid ($tasks tasks over $n plates); merge job: $mid (after the array succeeds)"
+  exit 0
+fi
+
+[ -n "$fluo$bf" ] || { echo "embed: give --fluo and/or --bf" >&2; exit 2; }
 ckpts=()
 [ -n "$fluo" ] && ckpts+=(--fluo "$fluo")
 [ -n "$bf" ] && ckpts+=(--bf "$bf")
@@ -171,6 +218,7 @@ merge="#!/usr/bin/env bash
 set -euo pipefail
 $(quote "$python") -m dinov2_cell.embed $(quote "${ckpts[@]}") --data-root $(quote "$data_root") --out $(quote "$out") \\
   --merge-only $(quote ${extra[@]+"${extra[@]}"})"
+# The merge uses up to 4 cores, never more than --cpus-per-gpu (a node with fewer cores would reject the job).
 mid=$(submit "$merge" "${common[@]}" --job-name=dinov2_cell_merge --dependency=afterok:"$jid" --nodes=1 \
-  --ntasks-per-node=1 --cpus-per-task=4 --time=1:00:00)
+  --ntasks-per-node=1 --cpus-per-task=$((cpus < 4 ? cpus : 4)) --time=1:00:00)
 echo "embed array job: $jid ($tasks tasks over $n plates); merge job: $mid (after the array succeeds)"

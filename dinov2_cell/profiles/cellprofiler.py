@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on-bad-site", choices=BAD_SITE_POLICIES, default="skip", help="empty/saturated/unreadable site")
     g.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1)")
     g.add_argument("--submission", action="store_true", help="also write DIR/submission.csv")
+    # SLURM arrays (slurm/launch.sh cellprofiler): the same spellings as embed's.
+    g = p.add_argument_group("SLURM arrays")
+    g.add_argument(
+        "--shard", default=None, metavar="I/N", help="only plates I, I+N, ... of the sorted plates; implies --no-merge"
+    )
+    g.add_argument("--no-merge", dest="merge", action="store_false", help="write the per-plate parts only")
+    g.add_argument("--merge-only", action="store_true", help="only merge the parts present (the final step)")
     return p
 
 
@@ -167,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         PlateSource(args.data_root, channels="fluo"),
         args.out,
         args.plates,
+        shard=args.shard,
         metadata=args.metadata,
+        merge=args.merge,
+        merge_only=args.merge_only,
         submission=args.submission,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -269,22 +269,26 @@ def test_a_few_dozen_iterations_lower_the_loss(plates, tmp_path):
         assert min(values[1:]) < values[0] - 0.3, (key, values)
 
 
-def test_launch_sh_checks_the_batch_before_queueing(tmp_path):
+def test_launch_sh_checks_the_batch_before_queueing(plates, tmp_path):
     """A GPU count the paper's total batch (128) does not divide is refused before sbatch; a good one is queued."""
     launch = os.path.join(REPO, "slurm", "launch.sh")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "sbatch.log"
     fake = bin_dir / "sbatch"  # stands in for SLURM: records the call, prints a job id
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\ncat > /dev/null\necho 4242\n')
+    scripts = tmp_path / "scripts.txt"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\ncat >> {scripts}\necho 4242\n')
     fake.chmod(0o755)
     env = {**child_env(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     common = ["bash", launch, "train", "--output-root", str(tmp_path / "runs"), "--python", sys.executable]
+    common += ["--data-root", plates]
     bad = subprocess.run(common + ["--gpus-per-node", "3"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert bad.returncode == 2 and "does not divide over 3" in bad.stderr
     assert not log.exists()  # nothing was queued
     good = subprocess.run(common + ["--gpus-per-node", "8"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert good.returncode == 0, good.stderr
     assert "8 GPU(s) x batch 16 = total batch 128" in good.stderr and "4242" in good.stdout
+    assert "data CPJUMP1: 2 plate(s)" in good.stderr and "channels Brightfield,HighZBF,LowZBF" in good.stderr
     assert "--gpus-per-node=8" in log.read_text()
+    assert f"--data-root {plates}" in scripts.read_text()  # the checked root is the one the jobs train on
     assert not (tmp_path / "runs").exists()  # the check writes nothing
