@@ -280,6 +280,12 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
         "--no-progress",
     ]
     env = {**os.environ, "PYTHONPATH": REPO}
+    # a plate the data root does not hold: exit 2 naming it, and no trace (no folder), so the corrected call below
+    # is not refused as a run with other options
+    bad = [a if a != "BR00116991" else "BR00116996" for a in cmd]
+    r0 = subprocess.run(bad, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r0.returncode == 2 and "BR00116996" in r0.stderr and r0.stderr.strip().count("\n") == 0, r0.stderr
+    assert not out.exists()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     prof = pd.read_parquet(out / "profiles.parquet")
@@ -309,6 +315,7 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
         timeout=600,
     )
     assert r4.returncode == 2 and r4.stderr.strip().count("\n") == 0 and "nope" in r4.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_object_counts_match_the_generators_site_truth(tiny_plates):

@@ -82,3 +82,31 @@ def test_cli_tiny_run_and_bad_input(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "error:" in lines[0] and "BR00116995" in lines[0], out.stderr
     assert not os.path.exists(tmp_path / "c" / "profiles.parquet")
+
+
+def test_cli_bad_input_leaves_no_trace_and_the_corrected_rerun_succeeds(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from dinov2_cell.synthetic import generate_plates
+
+    data = tmp_path / "plates"
+    generate_plates(data, plates=[PLATE_9], wells=["A01", "A02"], sites=9, size=24, progress=False)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = tmp_path / "b1"
+    cmd = [sys.executable, "-m", "dinov2_cell.profiles.baseline", "--out", str(out), "--no-progress"]
+    bad = subprocess.run(cmd + ["--data-root", "/nonexistent"], capture_output=True, text=True, env=env)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "/nonexistent" in lines[0], bad.stderr
+    assert not out.exists()
+    good = subprocess.run(cmd + ["--data-root", str(data)], capture_output=True, text=True, env=env)
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == str(out / "profiles.parquet")
+    # b1 now holds a finished run: a bad call (unknown channel; --overwrite, else the recorded options refuse it
+    # first) exits 2 and leaves every file as it was.
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    bad = cmd + ["--data-root", str(data), "--channels", "XYZ", "--overwrite"]
+    bad = subprocess.run(bad, capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "XYZ" in bad.stderr, bad.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

@@ -102,3 +102,136 @@ def test_driver_rejects_bad_featuriser_output(tmp_path, stub_factory):
     with pytest.raises(ValueError, match="no well"):
         run_profiles(Empty(), source, str(tmp_path / "b"), plates=[PLATE_9])
     assert not os.path.exists(os.path.join(tmp_path, "b", "parts", f"{PLATE_9}.parquet"))
+
+
+def _tree(folder):
+    """Every path under ``folder`` with its modification time (what a failed call must leave unchanged)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            out[os.path.relpath(path, folder)] = os.stat(path).st_mtime_ns
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_plate(tmp_path_factory):
+    from dinov2_cell.synthetic import generate_plates
+
+    root = tmp_path_factory.mktemp("plates")
+    generate_plates(root, plates=[PLATE_9], wells=["A01", "A02"], sites=9, size=24, progress=False)
+    return str(root)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(root="/nonexistent/plates"), "does not exist"),
+        (dict(plates=["BR00116995"]), "BR00116995"),  # a plate the root does not hold
+        (dict(channels="XYZ"), "unknown channel 'XYZ'"),
+        (dict(metadata="/nonexistent/meta.csv"), "meta.csv"),
+        (dict(shard="3/2"), "--shard"),
+    ],
+    ids=["root", "plate", "channels", "metadata", "shard"],
+)
+def test_bad_input_leaves_no_trace_and_the_corrected_run_succeeds(tmp_path, one_plate, bad, match):
+    def run(out, root=one_plate, channels="fluo", **kw):
+        return run_profiles(MeanFeaturiser(), PlateSource(root, channels=channels), str(out), progress=False, **kw)
+
+    out = tmp_path / "run"
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        run(out, **bad)
+    assert not out.exists()
+    path = run(out)  # the corrected call on the same folder is not refused as "a run with different options"
+    assert list(pd.read_parquet(path)[WELL]) == ["A01", "A02"]
+    # A folder that holds a finished run: a bad call adds, removes and rewrites nothing in it.
+    before = _tree(out)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        run(out, overwrite=True, **bad)
+    assert _tree(out) == before
+
+
+def test_a_first_plate_that_fails_records_no_run_config(tmp_path, stub_factory):
+    class Broken(MeanFeaturiser):
+        name = "broken"
+
+        def featurise_plate(self, plate, dataset):
+            raise ValueError("this featuriser cannot read the plate")
+
+    source = PlateSource("root", channels="fluo", factory=stub_factory)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="cannot read"):
+        run_profiles(Broken(), source, str(out), progress=False)
+    assert not out.exists()
+    # another featuriser in the same folder is not refused: nothing was recorded for the failed one
+    path = run_profiles(MeanFeaturiser(), source, str(out), progress=False)
+    with open(out / "run_config.json") as f:
+        assert json.load(f)["featuriser"] == "mean"
+    assert len(pd.read_parquet(path)) == 6
+
+
+def test_a_call_whose_plates_all_have_parts_opens_no_dataset(tmp_path, stub_factory):
+    source = PlateSource("root", channels="fluo", factory=stub_factory)
+    out = str(tmp_path / "run")
+    run_profiles(MeanFeaturiser(), source, out, plates=[PLATE_9, PLATE_16], progress=False)
+    n = len(stub_factory.calls)
+    again = MeanFeaturiser()
+    run_profiles(again, source, out, plates=[PLATE_9, PLATE_16], progress=False)
+    assert again.plates == [] and len(stub_factory.calls) == n
+    # with plates given, the check before writing opens only the plates still to featurise, once
+    run_profiles(MeanFeaturiser(), source, str(tmp_path / "new"), plates=[PLATE_16], progress=False)
+    assert stub_factory.calls[n] == ("root", (PLATE_16,), "fluo")
+
+
+def test_run_folder_reads_without_writing_and_owns_the_layout(tmp_path):
+    from dinov2_cell.profiles.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "run")
+    config = {"featuriser": "mean", "settings": {"scale": (1, 2)}}
+    assert folder.check_config(config) is True and folder.saved_config() is None and folder.parts_present() == []
+    assert not os.path.exists(folder.path)  # checks create nothing
+    folder.record_config(config)
+    assert folder.check_config(config) is False  # the tuple compares as the JSON list it was recorded as
+    folder.record_output("submission.csv", {"features": ["f0"]})
+    assert folder.check_config(config) is False  # output descriptions are not options
+    with pytest.raises(FileExistsError, match="settings.scale"):
+        folder.check_config({**config, "settings": {"scale": 3}})
+    assert folder.check_config({**config, "settings": {"scale": 3}}, overwrite=True) is True
+    with pytest.raises(ValueError, match="settings.scale"):
+        folder.check_same_config({**config, "settings": {"scale": 3}})
+    assert folder.merged_paths("x") == (
+        os.path.join(folder.path, "profiles_x.parquet"),
+        os.path.join(folder.path, "submission_x.csv"),
+    )
+    with pytest.raises(ValueError, match="bad plate name"):
+        folder.part_path("../P1")
+    table = pd.DataFrame({PLATE: ["P1", "P1"], WELL: ["A02", "A01"], "f0": [2.0, 1.0]})
+    folder.write_part(table, "P1", stats={"sites": 2})
+    assert folder.parts_present() == ["P1"] and os.path.isfile(folder.stats_path("P1"))
+    assert list(folder.merge_parts()[WELL]) == ["A01", "A02"]  # sorted by plate and well
+    with pytest.raises(FileNotFoundError, match="P2"):
+        folder.merge(["P1", "P2"])
+    path = folder.merge()
+    folder.write_part(table.assign(**{PLATE: "P2"}), "P2")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        folder.merge()  # profiles.parquet holds P1 only
+    assert folder.merge(overwrite=True) == path and len(pd.read_parquet(path)) == 4
+
+
+def test_embed_cli_bad_data_root_leaves_no_trace_and_the_corrected_rerun_succeeds(tmp_path, one_plate):
+    import subprocess
+    import sys
+
+    from test_embed import make_run  # a tiny teacher checkpoint and its config, as the embed tests build it
+
+    run = make_run(tmp_path / "fluo", 5)
+    out = tmp_path / "e1"
+    cmd = [sys.executable, "-m", "dinov2_cell.embed", "--fluo", run, "--out", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    bad = subprocess.run(cmd + ["--data-root", "/nonexistent"], capture_output=True, text=True, env=env)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and "error:" in lines[-1] and "/nonexistent" in lines[-1], bad.stderr
+    assert not out.exists()
+    good = subprocess.run(cmd + ["--data-root", one_plate], capture_output=True, text=True, env=env)
+    assert good.returncode == 0, good.stderr
+    assert list(pd.read_parquet(out / "profiles.parquet")[WELL]) == ["A01", "A02"]
