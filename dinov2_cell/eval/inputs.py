@@ -16,7 +16,6 @@ from typing import Sequence
 import pandas as pd
 
 from dinov2_cell.columns import META_PREFIX, PLATE, PROFILE_METADATA, WELL
-from dinov2_cell.profiles.io import read_profiles
 
 logger = logging.getLogger("dinov2_cell.eval")
 

@@ -86,7 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.path.exists(path) and not args.overwrite:
         raise FileExistsError(f"{path} exists; refusing to overwrite (pass --overwrite)")
     profiles = read_profiles(args.profiles)
-    write_submission(profiles, path, overwrite=args.overwrite, submission_format=fmt, metadata_test=args.metadata_test)
+    # The requested layout as given (None = by --metadata-test), so the writer warns when it falls back to January.
+    write_submission(
+        profiles,
+        path,
+        overwrite=args.overwrite,
+        submission_format=args.submission_format,
+        metadata_test=args.metadata_test,
+    )
     names = feature_map(profiles, submission_format=fmt)
     first, last = next(iter(names.items())), list(names.items())[-1]
     print(f"wrote {path} ({fmt} layout; {first[0]} = {first[1]} ... {last[0]} = {last[1]})")

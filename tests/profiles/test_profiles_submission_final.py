@@ -1,6 +1,7 @@
 """The challenge's final (scored) submission layout: ID from a hand-made metadata_test.csv, feature_1 ... feature_N;
 writer, validator, the writer CLI and knn_wells on a final-layout file."""
 
+import json
 import logging
 import os
 import subprocess
@@ -191,58 +192,53 @@ def test_check_final_plates_outside_and_layout_only(tmp_path, profiles, mt_path)
     assert len(submission.check_submission(_broken(tmp_path, profiles, mt_path, "duplicate"))) == 1
 
 
-def test_cli_write_validate_and_knn_on_final_layout(tmp_path, mt_path):
-    """The writer CLI, the validator CLI and knn_wells on a final-layout file give the same kNN as the January
-    layout of the same profiles."""
+def _run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=ENV)
+
+
+def test_cli_write_validate_and_knn_on_final_layout(tmp_path):
+    """The writer CLI, the validator CLI and knn_wells on a final-layout file; kNN equals the January layout's."""
+    from dinov2_cell.eval.knn_wells import evaluate, load_tables
+
     four = compound_plates("A549")[:2] + compound_plates("U2OS")[:2]
     meta = well_metadata(four)[[PLATE, WELL, BROAD, "Metadata_pert_iname"]].reset_index(drop=True)
     rng = np.random.default_rng(1)
     codes = pd.factorize(meta[BROAD])[0]
     centers = rng.normal(size=(codes.max() + 1, 8))
-    feats = pd.DataFrame(
-        centers[codes] + 0.6 * rng.normal(size=(len(meta), 8)), columns=[f"fluo_{j}" for j in range(8)]
-    )
-    pd.concat([meta, feats], axis=1).to_parquet(tmp_path / "profiles.parquet")
-    mt = _metadata_test(pd.concat([meta, feats], axis=1), "Metadata_Plate", "Metadata_Well")
-    mt.to_csv(tmp_path / "mt4.csv", index=False)
-    py = [sys.executable, "-m"]
-    out = subprocess.run(
-        py + ["dinov2_cell.profiles.write_submission", str(tmp_path / "profiles.parquet"), "--metadata-test",
-              str(tmp_path / "mt4.csv"), "--out", str(tmp_path / "sub")],
-        capture_output=True, text=True, env=ENV,
-    )  # fmt: skip
+    noisy = centers[codes] + 0.6 * rng.normal(size=(len(meta), 8))
+    table = pd.concat([meta, pd.DataFrame(noisy, columns=[f"fluo_{j}" for j in range(8)])], axis=1)
+    prof, mt4, out_dir = tmp_path / "profiles.parquet", tmp_path / "mt4.csv", tmp_path / "sub"
+    table.to_parquet(prof)
+    _metadata_test(table, "Metadata_Plate", "Metadata_Well").to_csv(mt4, index=False)
+    write = "dinov2_cell.profiles.write_submission"
+    out = _run(write, prof, "--metadata-test", mt4, "--out", out_dir)
     assert out.returncode == 0 and "feature_1 = fluo_0" in out.stdout, out.stderr
-    final = tmp_path / "sub" / "submission_final.csv"
-    out = subprocess.run(
-        py + ["dinov2_cell.profiles.write_submission", str(tmp_path / "profiles.parquet"), "--submission-format",
-              "final", "--out", str(tmp_path / "sub")],
-        capture_output=True, text=True, env=ENV,
-    )  # fmt: skip
+    final = out_dir / "submission_final.csv"
+    out = _run(write, prof, "--submission-format", "final", "--out", out_dir)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1 and "--metadata-test" in lines[0], out.stderr
-    out = subprocess.run(
-        py + ["dinov2_cell.profiles.write_submission", str(tmp_path / "profiles.parquet"), "--out", str(tmp_path / "sub")],
-        capture_output=True, text=True, env=ENV,
-    )  # fmt: skip
-    january = tmp_path / "sub" / "submission_january.csv"
-    assert out.returncode == 0 and january.exists(), out.stderr
-    validate = py + ["dinov2_cell.profiles.validate_submission"]
-    out = subprocess.run(
-        validate + [str(final), "--metadata-test", str(tmp_path / "mt4.csv")], capture_output=True, text=True, env=ENV
-    )
+    out = _run("dinov2_cell.profiles.validate_submission", final, "--metadata-test", mt4)
     assert out.returncode == 0 and "final layout, 8 features, 1280 IDs" in out.stdout, out.stderr
-    out = subprocess.run(validate + [str(final), "--metadata-test", mt_path], capture_output=True, text=True, env=ENV)
-    assert out.returncode == 2 and "ID(s) not in" in out.stderr  # another metadata_test.csv: its IDs differ
-    out = subprocess.run(validate + [str(january), "--plates", ",".join(four)], capture_output=True, text=True, env=ENV)
-    assert out.returncode == 0 and "January layout, not the one the challenge scored" in out.stdout, out.stderr
-    knn = py + ["dinov2_cell.eval.knn_wells"]
-    out = subprocess.run(knn + [str(final)], capture_output=True, text=True, env=ENV)
+    knn = "dinov2_cell.eval.knn_wells"
+    out = _run(knn, final)
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and "--metadata-test" in lines[-1] and str(final) in lines[-1], out.stderr
-    scored = subprocess.run(
-        knn + [str(final), "--metadata-test", str(tmp_path / "mt4.csv")], capture_output=True, text=True, env=ENV
-    )
-    reference = subprocess.run(knn + [str(january)], capture_output=True, text=True, env=ENV)
-    assert scored.returncode == 0 and reference.returncode == 0, scored.stderr + reference.stderr
-    table = [x for x in scored.stdout.splitlines() if "->" in x]
-    assert len(table) == 4 and table == [x for x in reference.stdout.splitlines() if "->" in x]
+    out = _run(knn, final, "--metadata-test", mt4, "--out", tmp_path / "knn")
+    assert out.returncode == 0, out.stderr
+    scored = json.loads((tmp_path / "knn" / "knn.json").read_text())
+    january = submission.write_submission(table, tmp_path / "january.csv", submission_format="january")
+    reference = evaluate(load_tables(january))
+    assert set(scored["combinations"]) == {"U2OS->U2OS", "U2OS->A549", "A549->U2OS", "A549->A549"}
+    assert scored["combinations"] == reference["combinations"] and scored["config"]["n_wells"] == 4 * 320
+
+
+def test_writer_cli_default_layout_and_no_silent_overwrite(tmp_path, profiles, capfd):
+    from dinov2_cell.profiles import write_submission
+
+    profiles.to_parquet(tmp_path / "p.parquet")
+    assert write_submission.main([str(tmp_path / "p.parquet"), "--out", str(tmp_path / "o")]) == 0
+    path = tmp_path / "o" / "submission_january.csv"
+    assert submission.detect_format(pd.read_csv(path, nrows=1)) == "january"
+    assert "not the one the challenge scored" in capfd.readouterr().err
+    with pytest.raises(FileExistsError, match="submission_january.csv exists"):
+        write_submission.main([str(tmp_path / "p.parquet"), "--out", str(tmp_path / "o")])
