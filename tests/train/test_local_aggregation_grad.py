@@ -27,7 +27,7 @@ def _fresh(cls, cfg):
     """The meta-arch without FSDP, teacher = student (as upstream starts), same initial weights for every class."""
     torch.manual_seed(0)
     model = cls(cfg)
-    for k in model.student.keys():
+    for k in model.student:
         model.teacher[k].load_state_dict(model.student[k].state_dict())
     model.train()
     return model
