@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="measure only the first N sites of each well, in site order (default: all sites)",
     )
     g.add_argument("--normalize", choices=NORMALIZE_METHODS, default="mad_robustize", help="per-plate, DMSO reference")
+    g.add_argument(
+        "--control-query",
+        default=None,
+        metavar="QUERY",
+        help="pandas query selecting the control wells normalised against; default: Metadata_control_type == "
+        "'negcon' when the metadata has that column, else Metadata_pert_iname == 'DMSO' or an empty "
+        "Metadata_broad_sample",
+    )
     g.add_argument("--on-bad-site", choices=BAD_SITE_POLICIES, default="skip", help="empty/saturated/unreadable site")
     g.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1)")
     g.add_argument("--submission", action="store_true", help="also write DIR/submission.csv")
@@ -161,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     featuriser = CellProfilerFeaturiser(
         segmentation=seg,
         measure=MeasureSettings(families=tuple(args.families), correlations=tuple(args.correlations)),
-        recipe=RecipeSettings(normalize=args.normalize),
+        recipe=RecipeSettings(normalize=args.normalize, control_query=args.control_query),
         num_workers=args.num_workers,
         on_bad_site=args.on_bad_site,
         sites_per_well=args.sites_per_well,

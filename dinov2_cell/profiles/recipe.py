@@ -8,7 +8,8 @@ a table of well medians (the aggregation is done per well by the featuriser, see
 
 * :func:`normalize_per_plate`: ``pycytominer.normalize(method=..., samples=<DMSO wells>)`` on each plate separately
   (pycytominer fits one reference for the whole table it is given, so plates are passed one at a time). DMSO wells
-  are :func:`dinov2_cell.profiles.io.is_control` (``Metadata_pert_iname == "DMSO"`` or an empty broad sample).
+  are :func:`dinov2_cell.profiles.io.is_control` (``Metadata_control_type == "negcon"`` when that column is present,
+  else ``Metadata_pert_iname == "DMSO"`` or an empty broad sample; ``control_query`` overrides both).
 * :func:`select_features`: ``pycytominer.feature_select`` with :data:`SELECT_OPERATIONS` (NaN columns first, so the
   variance and correlation filters see complete columns; ``drop_outliers`` last, which removes features with a
   normalised value beyond 500 in absolute value: a feature nearly constant on a plate's DMSO wells is divided by
@@ -46,6 +47,8 @@ class RecipeSettings:
         na_cutoff: largest fraction of NaN a kept column may have (``drop_na_columns``).
         corr_threshold: ``correlation_threshold`` cut-off.
         min_controls: fewest DMSO wells a plate may have.
+        control_query: pandas query selecting the control wells (default: :func:`~dinov2_cell.profiles.io.is_control`'s
+            rule: ``Metadata_control_type == "negcon"`` when present, else the DMSO spellings).
     """
 
     normalize: str = "mad_robustize"
@@ -53,6 +56,7 @@ class RecipeSettings:
     na_cutoff: float = 0.0
     corr_threshold: float = 0.9
     min_controls: int = 2
+    control_query: str | None = None
 
     def __post_init__(self):
         if self.normalize not in NORMALIZE_METHODS:
@@ -62,6 +66,8 @@ class RecipeSettings:
         """JSON-able settings."""
         out = asdict(self)
         out["operations"] = list(self.operations)
+        if self.control_query is None:
+            del out["control_query"]  # run configs recorded before the option existed stay equal
         return out
 
 
@@ -71,6 +77,7 @@ def normalize_per_plate(
     features: list[str] | None = None,
     min_controls: int = 2,
     plate_col: str = PLATE,
+    control_query: str | None = None,
 ) -> pd.DataFrame:
     """``pycytominer.normalize`` of each plate against its own DMSO wells.
 
@@ -80,6 +87,7 @@ def normalize_per_plate(
         features: feature columns (default: every numeric non-Metadata column).
         min_controls: fewest DMSO wells a plate may have.
         plate_col: plate column.
+        control_query: pandas query selecting the control wells (default: :func:`is_control`'s rule).
 
     Returns:
         A new table, rows and columns in the input order, features normalised (float64).
@@ -94,7 +102,7 @@ def normalize_per_plate(
     if plate_col not in df.columns:
         raise ValueError(f"normalisation: missing column {plate_col}")
     feats = list(features) if features is not None else feature_columns(df)
-    controls = is_control(df)
+    controls = is_control(df, control_query)
     work = pd.concat(
         [
             df.drop(columns=feats),
@@ -179,7 +187,9 @@ def run_recipe(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings()) ->
     Raises:
         ValueError: no feature survives.
     """
-    normalized = normalize_per_plate(df, settings.normalize, min_controls=settings.min_controls)
+    normalized = normalize_per_plate(
+        df, settings.normalize, min_controls=settings.min_controls, control_query=settings.control_query
+    )
     out, stats = select_features(normalized, settings)
     if not feature_columns(out):
         raise ValueError("feature selection kept no feature (too few wells, or every feature constant?)")
