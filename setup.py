@@ -39,6 +39,8 @@ setup(
         "tqdm>=4.60",
         "Pillow>=9",
     ],
+    # `dinov2-cell COMMAND ...` = `python -m MODULE ...` for every command-line module (dinov2_cell/console.py)
+    entry_points={"console_scripts": ["dinov2-cell=dinov2_cell.console:main"]},
     extras_require={
         "xformers": ["xformers"],
         "fast": ["numba>=0.60"],  # one compiled pass for site normalisation (dinov2_cell.data.fused)

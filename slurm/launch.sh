@@ -75,7 +75,11 @@ TXT
 
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 cmd=$1; shift
-case "$cmd" in -h|--help) usage; exit 0;; train|embed|cellprofiler) ;; *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;; esac
+case "$cmd" in
+  -h|--help) usage; exit 0;;
+  train|embed|cellprofiler) ;;
+  *) echo "unknown command: $cmd" >&2; usage >&2; exit 2;;
+esac
 
 partition=${SLURM_PARTITION:-}; account=${SLURM_ACCOUNT:-}; time_limit=""; python=python; logs=slurm_logs; dry=0
 qos=""; mem_gb=""; exclude=""; comment=""
@@ -165,7 +169,7 @@ i=\$SLURM_ARRAY_TASK_ID
 # 120 s before the time limit SLURM signals this shell (B:USR1): requeue; the new run resumes from the checkpoint.
 trap 'echo \"requeuing before the time limit\"; scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"' USR1
 srun --kill-on-bad-exit=1 $(quote "$python") -m dinov2_cell.run.train --config-file \"\${configs[\$i]}\" \\
-  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${root_arg[@]+"${root_arg[@]}"} ${extra[@]+"${extra[@]}"}) &
+  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) $(quote ${root_arg[@]+"${root_arg[@]}"}) &
 wait \$!"
   jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_train --array=0-1 --nodes="$nodes" \
     --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --cpus-per-task="$cpus" --time="${time_limit:-48:00:00}" \
@@ -189,7 +193,8 @@ if [ "$cmd" = cellprofiler ]; then
   script="#!/usr/bin/env bash
 set -euo pipefail
 $(quote "$python") -m dinov2_cell.profiles.cellprofiler $(quote "${cp_args[@]}") \\
-  --shard \"\$SLURM_ARRAY_TASK_ID/$tasks\" --no-merge --num-workers $cpus --no-progress $(quote ${extra[@]+"${extra[@]}"})"
+  --shard \"\$SLURM_ARRAY_TASK_ID/$tasks\" --no-merge --num-workers $cpus --no-progress \\
+  $(quote ${extra[@]+"${extra[@]}"})"
   jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_cellprofiler --array=0-$((tasks - 1)) --nodes=1 \
     --ntasks-per-node=1 --cpus-per-task="$cpus" --time="${time_limit:-24:00:00}")
   merge="#!/usr/bin/env bash

@@ -102,7 +102,7 @@ def test_cellprofiler_array_and_merge_equal_one_unsharded_run(cp_plates, tmp_pat
 
 
 def test_a_failing_training_check_queues_nothing(tmp_path):
-    """Unset CPJUMP1_ROOT (paper configs), a missing --data-root and a warm-up longer than the run: exit 2, no sbatch."""
+    """Unset CPJUMP1_ROOT (paper configs), a missing --data-root, a warm-up longer than the run: exit 2, no sbatch."""
     log, env = _fake_sbatch(tmp_path)
     env.pop("CPJUMP1_ROOT", None)
     common = ["bash", LAUNCH, "train", "--output-root", str(tmp_path / "runs"), "--python", sys.executable]
