@@ -168,7 +168,7 @@ def read_metadata_test(metadata_test: str | os.PathLike | pd.DataFrame) -> pd.Da
         if not os.path.isfile(source):
             raise FileNotFoundError(f"no such metadata_test file: {source}")
         sep = "\t" if ".tsv" in source.lower() else ","
-        raw = pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(source, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")  # BOM-safe
     cols = {what: _find_column(list(raw.columns), what, source) for what in METADATA_TEST_COLUMNS}
     out = pd.DataFrame(
         {

@@ -242,3 +242,11 @@ def test_writer_cli_default_layout_and_no_silent_overwrite(tmp_path, profiles, c
     assert "not the one the challenge scored" in capfd.readouterr().err
     with pytest.raises(FileExistsError, match="submission_january.csv exists"):
         write_submission.main([str(tmp_path / "p.parquet"), "--out", str(tmp_path / "o")])
+
+
+def test_metadata_test_file_with_byte_order_mark(tmp_path, profiles):
+    path = tmp_path / "metadata_test.csv"
+    _metadata_test(profiles).to_csv(path, index=False, encoding="utf-8-sig")  # as spreadsheet exports write it
+    assert open(path, "rb").read(3) == b"\xef\xbb\xbf"
+    ids = submission.read_metadata_test(path)
+    assert list(ids.columns) == ["ID", PLATE, WELL] and ids["ID"].iloc[0] == "00000" and ids[WELL].iloc[0][1:].isdigit()
