@@ -1,10 +1,9 @@
 """The profiling driver: one per-plate loop for every kind of well profile.
 
 A *featuriser* turns the images of one plate into one row per well; the driver does everything around it, the same
-way for the SSL teachers, the CellProfiler features and the classical baseline:
-
-Every output path is owned by :class:`~dinov2_cell.profiles.run_folder.RunFolder` (the folder's layout, run config,
-parts, merge and submission files); this module decides what to compute:
+way for the SSL teachers, the CellProfiler features and the classical baseline. Every output path is owned by
+:class:`~dinov2_cell.profiles.run_folder.RunFolder` (the folder's layout, run config, parts, merge and submission
+files); this module decides what to compute:
 
 1. **Checks before writing** (:func:`plan_run`). ``<out>/run_config.json`` records the featuriser's name and
    :meth:`Featuriser.describe`, the data source and the metadata source; a later call on the same folder with other
