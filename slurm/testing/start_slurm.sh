@@ -50,8 +50,12 @@ mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node_line")
 # Leave a little memory unconfigured so slurmd's own check never finds less than configured.
 node_line=$(sed "s/RealMemory=[0-9]*/RealMemory=$((mem * 9 / 10))/" <<<"$node_line")
 
-mkdir -p "$conf_dir" "$state/ctld" "$state/d" "$logs" /dev/shm
-for i in 0 1 2 3; do [ -e "/dev/dummy_gpu$i" ] || touch "/dev/dummy_gpu$i"; done
+mkdir -p "$conf_dir" "$state/ctld" "$state/d" "$logs"
+# Four dummy GPU devices: character devices like /dev/null (1:3); plain files if mknod is not allowed here (slurmd
+# then logs "not a valid character or block device" but counts them all the same).
+for i in 0 1 2 3; do
+  [ -e "/dev/dummy_gpu$i" ] || mknod -m 0666 "/dev/dummy_gpu$i" c 1 3 2>/dev/null || touch "/dev/dummy_gpu$i"
+done
 
 new_conf=$(cat <<CONF
 # Written by slurm/testing/start_slurm.sh: a single-node test scheduler (no cgroups, count-only GPUs).
@@ -92,7 +96,8 @@ NodeName=$host NodeAddr=127.0.0.1 $node_line Gres=gpu:4 State=UNKNOWN
 PartitionName=$partition Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 CONF
 )
-new_gres="# Written by slurm/testing/start_slurm.sh: four count-only GPUs backed by dummy files.
+# (Flags=CountOnly would need no files, but slurmd 22.05 then reports 0 GPUs and the node is marked invalid.)
+new_gres="# Written by slurm/testing/start_slurm.sh: four GPUs backed by dummy devices (no CUDA behind them).
 NodeName=$host Name=gpu File=/dev/dummy_gpu[0-3]"
 
 up() {
@@ -128,7 +133,13 @@ munge -n | unmunge >/dev/null
 
 # 4. slurmctld and slurmd (each daemonises itself). -c: start from a clean state, no jobs left from an earlier run.
 slurmctld -c
-for _ in $(seq 1 50); do scontrol ping 2>/dev/null | grep -q 'is UP' && break; sleep 0.2; done
+for i in $(seq 1 50); do
+  scontrol ping 2>/dev/null | grep -q 'is UP' && break
+  if [ "$i" = 50 ]; then
+    echo "start_slurm.sh: slurmctld did not start" >&2; tail -n 20 "$logs/slurmctld.log" >&2; exit 1
+  fi
+  sleep 0.2
+done
 slurmd
 deadline=$(($(date +%s) + wait_s))
 until sinfo -h -n "$host" -o '%T' 2>/dev/null | grep -Eq '^idle'; do
