@@ -198,10 +198,10 @@ def prepare_config(args: argparse.Namespace) -> DictConfig:
     if getattr(args, "data_root", None):
         args.data_root = os.path.abspath(args.data_root)  # a SLURM job may start in another directory
         set_dataset_root(cfg, args.data_root)
-    check_resolvable(cfg)
     check_schedules(cfg)
     check_batch_overrides(cfg, opts)
     per_gpu_batch_size(cfg, launch_world_size(args))  # a total the GPUs cannot share fails before anything is queued
+    check_resolvable(cfg)  # the config's own rules first, then what it reads from the environment
     # Only one process decides (others would race on the files rank 0 is creating).
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
         resuming = check_output_dir(cfg, args.output_dir)

@@ -132,7 +132,7 @@ def test_opt_out_null_trains_batch_size_per_gpu_on_every_gpu_as_upstream(monkeyp
     assert build_config("tiny_cpu_fluo").train.batch_size_total is None
 
 
-def test_world_size_known_before_launch_and_refusal_before_anything_is_written(tmp_path):
+def test_world_size_known_before_launch_and_refusal_before_anything_is_written(tmp_path, monkeypatch):
     from dinov2_cell.run.train import get_args_parser
     from dinov2_cell.train.config import launch_world_size, prepare_config
 
@@ -144,6 +144,7 @@ def test_world_size_known_before_launch_and_refusal_before_anything_is_written(t
     assert launch_world_size(parse(["--slurm", "--gpus-per-node", "3", "--submitit-cluster", "local"])) == 1
 
     out = tmp_path / "run"
+    monkeypatch.setenv("CPJUMP1_ROOT", "/data")  # the paper configs' dataset root (prepare_config refuses it unset)
     args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "--slurm", "--gpus-per-node", "3"])
     with pytest.raises(ValueError, match="does not divide over 3"):
         prepare_config(args)
