@@ -202,7 +202,7 @@ set -euo pipefail
 $(quote "$python") -m dinov2_cell.profiles.cellprofiler $(quote "${cp_args[@]}") --merge-only --no-progress \\
   $(quote ${extra[@]+"${extra[@]}"})"
   mid=$(submit "$merge" "${common[@]}" --job-name=dinov2_cell_cellprofiler_merge --dependency=afterok:"$jid" \
-    --nodes=1 --ntasks-per-node=1 --cpus-per-task=4 --time=2:00:00)
+    --nodes=1 --ntasks-per-node=1 --cpus-per-task=$((cpus < 4 ? cpus : 4)) --time=2:00:00)  # as embed's merge
   echo "cellprofiler array job: $jid ($tasks tasks over $n plates); merge job: $mid (after the array succeeds)"
   exit 0
 fi
