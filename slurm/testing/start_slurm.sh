@@ -24,9 +24,14 @@ fi
 pid_of() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null && cat "$1"; }
 
 stop() {
-  local f p
+  local f p pids=()
   for f in "$state/slurmd.pid" "$state/slurmctld.pid" /run/munge/munged.pid; do
-    if p=$(pid_of "$f"); then kill "$p"; fi
+    if p=$(pid_of "$f"); then kill "$p"; pids+=("$p"); fi
+  done
+  # wait (up to 10 s) until they are gone: a new slurmctld cannot bind the port an old one still holds
+  for _ in $(seq 1 50); do
+    for p in ${pids[@]+"${pids[@]}"}; do kill -0 "$p" 2>/dev/null && { sleep 0.2; continue 2; }; done
+    break
   done
 }
 
@@ -36,7 +41,6 @@ if [ "${1:-}" = --stop ]; then stop; echo "stopped"; exit 0; fi
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d-free containers would otherwise try to start the daemons from the packages' postinst scripts.
   apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
 echo "packages ready ($(($(date +%s) - t0)) s): $(slurmctld -V)"
@@ -101,7 +105,8 @@ new_gres="# Written by slurm/testing/start_slurm.sh: four GPUs backed by dummy d
 NodeName=$host Name=gpu File=/dev/dummy_gpu[0-3]"
 
 up() {
-  scontrol ping 2>/dev/null | grep -q 'is UP' && pid_of "$state/slurmd.pid" >/dev/null &&
+  pid_of /run/munge/munged.pid >/dev/null && pid_of "$state/slurmd.pid" >/dev/null &&
+    scontrol ping 2>/dev/null | grep -q 'is UP' &&
     sinfo -h -n "$host" -o '%T' 2>/dev/null | grep -Eq '^(idle|mixed|allocated|completing)'
 }
 
@@ -112,7 +117,6 @@ if [ "$new_conf" = "$(cat "$conf_dir/slurm.conf" 2>/dev/null)" ] && [ "$new_gres
   exit 0
 fi
 stop
-sleep 1
 printf '%s\n' "$new_conf" >"$conf_dir/slurm.conf"
 printf '%s\n' "$new_gres" >"$conf_dir/gres.conf"
 
@@ -150,7 +154,9 @@ until sinfo -h -n "$host" -o '%T' 2>/dev/null | grep -Eq '^idle'; do
     exit 1
   fi
   # A node left DOWN/DRAIN by an earlier configuration is brought back.
-  scontrol update nodename="$host" state=resume 2>/dev/null || true
+  if sinfo -h -n "$host" -o '%T' 2>/dev/null | grep -Eq '^(down|drain)'; then
+    scontrol update nodename="$host" state=resume 2>/dev/null || true
+  fi
   sleep 1
 done
 echo "started ($(($(date +%s) - t0)) s)"
