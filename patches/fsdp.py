@@ -11,7 +11,10 @@
    "Unsupported global: GLOBAL numpy._core.multiarray.scalar" (upstream's schedules put numpy scalars into the
    optimizer's param groups). Fix: load with `weights_only=True` and allow exactly the numpy scalar and dtype types
    those values pickle as (`NUMPY_SAFE_GLOBALS`), so a crafted pickle in a checkpoint is refused instead of run.
-   When: GPU and CPU, on resume.
+   A sharded (`LOCAL_STATE_DICT`) model holds `ShardedTensor`s, whose pickle needs `getattr` ("Unsupported global:
+   GLOBAL torch.distributed._shard.sharded_tensor.api.ShardedTensor"): each rank saves its local shard as a plain
+   tensor and puts it back into the model's own `ShardedTensor` on load. When: GPU and CPU, on resume (sharded:
+   world size >= 2).
 4. Single-process FSDP (NO_SHARD) with `StateDictType.LOCAL_STATE_DICT` is upstream issue #273 (save fails). Fix: a
    module tree with no sharded FSDP unit is saved/loaded with `FULL_STATE_DICT`; sharded trees keep upstream's
    `LOCAL_STATE_DICT`. When: GPU and CPU, world size 1 or `sharding_strategy: NO_SHARD`.
@@ -75,7 +78,7 @@ def _save(self, name, **kwargs):
     if not self.save_dir or not self.save_to_disk:
         return
     with FSDP.state_dict_type(self.model, state_dict_type_for(self.model)):
-        data = {"model": self.model.state_dict()}
+        data = {"model": local_shards_as_tensors(self.model.state_dict())}
     for key, obj in self.checkpointables.items():
         data[key] = obj.state_dict()
     data.update(kwargs)
@@ -87,6 +90,41 @@ def _save(self, name, **kwargs):
         torch.save(data, f)
     os.replace(tmp, save_file)
     self.tag_last_checkpoint(basename)
+
+
+def local_shards_as_tensors(state_dict: dict) -> dict:
+    """A `LOCAL_STATE_DICT` with each `ShardedTensor` replaced by this rank's local shard (a plain tensor).
+
+    `torch.load(weights_only=True)` refuses `ShardedTensor` (its pickle needs `getattr`, which must never be
+    allow-listed); the shard is all a rank needs to load it back (`sharded_like`).
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    return {k: v.local_tensor() if isinstance(v, ShardedTensor) else v for k, v in state_dict.items()}
+
+
+def sharded_like(state_dict: dict, template: dict) -> dict:
+    """Puts the plain local shards of `local_shards_as_tensors` back into the `ShardedTensor`s of `template` (the
+    model's own `LOCAL_STATE_DICT`), so FSDP can load them.
+
+    Raises:
+        ValueError: a saved shard has another shape (the checkpoint was written by another number of processes).
+    """
+    from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+    out = dict(state_dict)
+    for k, t in template.items():
+        if isinstance(t, ShardedTensor) and isinstance(out.get(k), torch.Tensor) and not isinstance(out[k], ShardedTensor):
+            local = t.local_tensor()
+            if local.shape != out[k].shape:
+                raise ValueError(
+                    f"{k}: the checkpoint's local shard has shape {tuple(out[k].shape)}, this process's "
+                    f"{tuple(local.shape)}: resume with the number of processes that wrote it"
+                )
+            with torch.no_grad():
+                local.copy_(out[k])
+            out[k] = t
+    return out
 
 
 def _load(self, *args, **kwargs):
@@ -119,7 +157,14 @@ def _load_file(self, f):
         torch.serialization.add_safe_globals(allowed)
         scope = contextlib.nullcontext()
     with scope:
-        return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+        checkpoint = torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+    from torch.distributed.fsdp import StateDictType
+
+    sharded = state_dict_type_for(self.model) == StateDictType.LOCAL_STATE_DICT
+    if sharded and isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        # called inside `_load`'s state-dict-type scope: the model's state dict has the type the file was saved with
+        checkpoint["model"] = sharded_like(checkpoint["model"], self.model.state_dict())
+    return checkpoint
 
 
 def apply():

@@ -376,18 +376,43 @@ class ResumableCheckpointer(FSDPCheckpointer):
         return checkpoint
 
     def _load_model(self, checkpoint):
+        saved = checkpoint.get("model", {})
         incompatible = super()._load_model(checkpoint)
         if self._resuming and incompatible is not None:
             problems = []
             if incompatible.missing_keys:
                 problems.append(f"missing keys {incompatible.missing_keys[:5]}")
-            if incompatible.unexpected_keys:
-                problems.append(f"unexpected keys {incompatible.unexpected_keys[:5]}")
+            unexpected = [k for k in incompatible.unexpected_keys if not self._flat_param_loaded(k, saved.get(k))]
+            if unexpected:
+                problems.append(f"unexpected keys {unexpected[:5]}")
             if incompatible.incorrect_shapes:
                 problems.append(f"shape mismatches {incompatible.incorrect_shapes[:5]}")
             if problems:
                 raise RuntimeError(f"the checkpoint does not fit the model: {'; '.join(problems)}")
         return incompatible
+
+
+    def _flat_param_loaded(self, key: str, value) -> bool:
+        """Whether `key` is the flat parameter of a sharded FSDP unit that holds exactly `value`'s local shard.
+
+        FSDP's local-state-dict load consumes `<unit>._flat_param` but still reports it as unexpected (its pre-load
+        hook renames the key): such a report is accepted only when the unit's parameters equal what the file holds.
+        """
+        from torch.distributed._shard.sharded_tensor import ShardedTensor
+
+        if not key.endswith("._flat_param") or not isinstance(value, ShardedTensor):
+            return False
+        try:
+            unit = self.model.get_submodule(key[: -len("._flat_param")])
+        except AttributeError:
+            return False
+        handle = getattr(unit, "_handle", None)
+        if handle is None:
+            return False
+        flat = handle.flat_param
+        valid = flat.numel() - flat._shard_numel_padded
+        shard = value.local_tensor()
+        return valid == shard.numel() and torch.equal(flat.detach()[:valid], shard)
 
 
 class BoundaryPeriodicCheckpointer(PeriodicCheckpointer):
