@@ -18,6 +18,7 @@ import torch
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
 from dinov2_cell.train import health
+from dinov2_cell.train.checkpoint import preemption_signals
 from dinov2_cell.train.config import apply_batch_size_total, effective_batch_message
 from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
@@ -82,7 +83,9 @@ def main(args) -> str:
     model = model.to(device)
     model.prepare_for_distributed_training()
     logger.info("Model:\n%s", model)
-    upstream_train.do_train(cfg, model, resume=not args.no_resume)
+    # SIGUSR2/SIGTERM: checkpoint at the next iteration boundary, exit 75 (dinov2_cell.train.checkpoint)
+    with preemption_signals():
+        upstream_train.do_train(cfg, model, resume=not args.no_resume)
     upstream_train.do_test(cfg, model, "final")
     path = os.path.join(cfg.train.output_dir, "eval", "final", "teacher_checkpoint.pth")
     logger.info("final teacher checkpoint: %s", path)
