@@ -127,7 +127,9 @@ def train_jobs(plates, tmp_path_factory):
     out, job = jobs["signalled"]
     wait_for_line(out / "logs" / "log.txt", r"health \[2\]", job)  # mid-run: iterations 0-2 done, 9 to go
     subprocess.run(["scancel", "--signal=USR2", job], check=True)
-    return jobs
+    yield jobs
+    # none left running when a test failed or was deselected
+    subprocess.run(["scancel", *[j for _, j in jobs.values()]], capture_output=True)
 
 
 def test_run_train_slurm_trains_to_completion(train_jobs):
