@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from dinov2_cell.cli import HelpFormatter, UsageError, comma_list, common_parser, positive_int, run_main, setup_logging
-from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PLATE
+from dinov2_cell.columns import BROAD, CELL_LINE, CELL_LINES, PERT, PLATE, TARGET, WELL
 from dinov2_cell.eval.inputs import (  # noqa: F401  (part of this API)
     add_missing_metadata,
     expand_profile_paths,
@@ -241,7 +241,9 @@ def evaluate(
 
     Returns:
         Dict with ``config``, ``folds`` (one dict per fold and combination: plates, sizes, accuracy, macro_f1),
-        ``combinations`` (name -> mean/std over folds), ``mean`` (over combinations) and ``skipped``.
+        ``combinations`` (name -> mean/std over folds), ``mean`` (over combinations), ``skipped`` and
+        ``predictions`` (DataFrame, one row per test well and combination: combination, fold, plate, well, label,
+        compound name and target where the table has them, predicted, correct).
 
     Raises:
         ValueError: bad option, missing column, NaN features, no combination to evaluate, or a plate without DMSO
@@ -303,12 +305,27 @@ def evaluate(
     x = df[feats].to_numpy(dtype=np.float64)
     y = df[label_col].astype(str).to_numpy()
     plate_arr = df[PLATE].astype(str).to_numpy()
-    rows = []
+    well_arr = df[WELL].astype(str).to_numpy() if WELL in df.columns else np.full(len(df), "")
+    rows, predictions = [], []
     for s, t, f, train, test in splits(folds, todo, cross_line_train):
         tr = np.isin(plate_arr, train)
         te = np.isin(plate_arr, test)
         pred = knn_predict(x[tr], y[tr], x[te], k=k, metric=metric, weights=weights)
         truth = y[te]
+        predictions.append(
+            pd.DataFrame(
+                {
+                    "combination": combination_name(s, t),
+                    "fold": f,
+                    PLATE: plate_arr[te],
+                    WELL: well_arr[te],
+                    label_col: truth,
+                    **{c: df[c].astype(str).to_numpy()[te] for c in (PERT, TARGET) if c in df and c != label_col},
+                    "predicted": pred,
+                    "correct": pred == truth,
+                }
+            )
+        )
         rows.append(
             {
                 "combination": combination_name(s, t),
@@ -359,7 +376,15 @@ def evaluate(
         "plates": {line: sorted(p) for line, p in by_line.items()},
         "folds": folds,
     }
-    return {"config": config, "folds": rows, "combinations": combos, "mean": mean, "skipped": skipped}
+    return {
+        "config": config,
+        "folds": rows,
+        "combinations": combos,
+        "mean": mean,
+        "skipped": skipped,
+        # every test well's prediction (a DataFrame; kept out of knn.json): per-compound hits, the report's table
+        "predictions": pd.concat(predictions, ignore_index=True),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -433,7 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--map-cache-dir", default=None, help="copairs null-distribution cache (default ~/.copairs)")
     g = p.add_argument_group("output")
     g.add_argument(
-        "--out", default=None, metavar="DIR", help="folder for knn_folds.csv, knn_summary.csv, knn.json (+ map files)"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for knn_folds.csv, knn_summary.csv, knn.json, compounds.csv (+ map files)",
+    )
+    g.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="evaluation report (implies --map): compounds.csv (per compound and cell line: name, target, mAP, "
+        "corrected p, retrieved, kNN hits per combination), mAP vs -log10 q, kNN per combination and PCA "
+        "embeddings by plate, cell line and target (PNG), README.md",
     )
     g.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return p
@@ -460,6 +496,10 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         for n in KNN_FILES:
             if os.path.exists(os.path.join(args.out, n)):
                 raise FileExistsError(f"{os.path.join(args.out, n)} exists; refusing to overwrite (pass --overwrite)")
+    if args.report:
+        from dinov2_cell.report.evaluation import check_report_dir
+
+        check_report_dir(args.report, args.overwrite)
     profiles = load_tables(args.profiles, metadata_test=args.metadata_test)
     source = args.profiles[0] if len(args.profiles) == 1 else f"{len(args.profiles)} profile paths"
     result = evaluate(
@@ -483,7 +523,7 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
         os.path.abspath(args.profiles[0]) if len(args.profiles) == 1 else [os.path.abspath(p) for p in args.profiles]
     )
     map_result = None
-    if args.map:
+    if args.map or args.report:
         from dinov2_cell.eval.map import map_scores
 
         if plates is not None:
@@ -504,6 +544,12 @@ def run(args: argparse.Namespace) -> tuple[dict, dict | None]:
     if args.out:
         for path in write_outputs(result, args.out, map_result, overwrite=args.overwrite):
             logger.info("wrote %s", path)
+    if args.report:
+        from dinov2_cell.report.evaluation import write_evaluation_report
+
+        # `profiles` as the mAP saw them: the requested plates, the same controls
+        paths = write_evaluation_report(profiles, result, map_result, args.report, args.overwrite, source)
+        print(f"report: {paths[-1]}")
     return result, map_result
 
 
