@@ -193,29 +193,41 @@ def workers_parser(default: int | None = None) -> argparse.ArgumentParser:
 
 
 class ConsoleHandler(logging.StreamHandler):
-    """The CLIs' console handler (stderr); it steps aside while another handler is attached to the root logger.
+    """The CLIs' console handler (stderr): each record once on the console, also after upstream attaches its own.
 
-    Training hands logging over to upstream: ``dinov2.utils.config.default_setup`` attaches its own handlers to the
-    root logger (stdout on the main process, ``<output-dir>/logs/log.txt`` on every process). With this handler
-    printing too, every line after that point reached the console twice.
+    Training hands logging to upstream: ``dinov2.utils.config.default_setup`` attaches handlers to the root logger, a
+    console one (stdout) on the main process and ``<output-dir>/logs/log.txt`` on every process, and two console
+    handlers printed every line twice. This handler mutes any other handler on the root logger that writes to the
+    console and prints the record itself: logs stay on stderr in one format, stdout keeps only a command's result,
+    and every process (each torchrun rank) prints its own records, as before.
     """
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Writes the record unless another (non-null) handler on the root logger takes it.
+        """Mutes the root logger's other console handlers, then writes the record.
 
         Args:
             record: the log record.
         """
-        others = [h for h in logging.getLogger().handlers if h is not self and not isinstance(h, logging.NullHandler)]
-        if not others:
-            super().emit(record)
+        for handler in logging.getLogger().handlers:
+            if handler is not self and _writes_to_console(handler) and _mute not in handler.filters:
+                handler.addFilter(_mute)
+        super().emit(record)
+
+
+def _writes_to_console(handler: logging.Handler) -> bool:
+    stream = getattr(handler, "stream", None)
+    return stream is not None and stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+
+
+def _mute(record: logging.LogRecord) -> bool:
+    return False  # a filter that drops every record (the ConsoleHandler prints it)
 
 
 def setup_logging(debug: bool = False) -> None:
     """One logging format for every CLI (INFO, or DEBUG with ``--debug``), on stderr, each line once.
 
-    Replaces any handler already on the root logger. A handler attached later (upstream's training setup) takes over
-    the console: see :class:`ConsoleHandler`.
+    Replaces any handler already on the root logger. Handlers attached later (upstream's training setup) do not
+    print a line a second time: see :class:`ConsoleHandler`.
 
     Args:
         debug: log at DEBUG level.

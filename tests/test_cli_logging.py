@@ -4,6 +4,7 @@ import io
 import logging
 import re
 import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -49,6 +50,7 @@ def test_a_training_run_logs_each_line_once_on_the_console_and_in_the_file(plate
     console = _messages(proc.stdout.splitlines() + proc.stderr.splitlines())
     log_file = _messages((out / "logs" / "log.txt").read_text().splitlines())
     assert log_file["Schedulers ready."] == 1 and console["Schedulers ready."] == 1  # was 1 in the file, 2 on console
+    assert proc.stdout.strip() == str(out / "eval" / "final" / "teacher_checkpoint.pth")  # logs on stderr only
     assert sum(log_file.values()) > 20  # the run's records: config, model, iterations, checkpoint
     # every record of the file reaches the console exactly as often (not twice: once per handler)
     assert {m: console[m] for m in log_file} == dict(log_file)
@@ -56,29 +58,37 @@ def test_a_training_run_logs_each_line_once_on_the_console_and_in_the_file(plate
     once = ["Schedulers ready.", "Starting training from iteration 0"]
     assert [log_file[m] for m in once] == [1, 1]
     assert sum(n for m, n in log_file.items() if m.startswith("final teacher checkpoint: ")) == 1
-    # the lines before upstream's setup (the dataset's summary) are on the console once, in the CLIs' format
+    # the console has one format throughout: the CLIs'
+    assert all(OURS.match(line) for line in proc.stderr.splitlines() if UPSTREAM.match(line) or OURS.match(line))
     assert sum(n for m, n in console.items() if m.startswith("CPJUMP1: ")) == 1
 
 
-def test_the_cli_console_handler_steps_aside_for_another_root_handler():
+def test_the_cli_console_handler_prints_each_record_once(capsys):
     from dinov2_cell.cli import ConsoleHandler, setup_logging
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
+    log = logging.getLogger("dinov2_cell.test")
     try:
         setup_logging()
         ours = [h for h in root.handlers if isinstance(h, ConsoleHandler)]
         assert len(root.handlers) == 1 and len(ours) == 1
         ours[0].setStream(stream := io.StringIO())
-        logging.getLogger("dinov2_cell.test").info("before")
-        other = logging.StreamHandler(io.StringIO())  # what upstream's training setup attaches
-        root.addHandler(other)
-        logging.getLogger("dinov2_cell.test").info("after")
-        root.removeHandler(other)
-        root.addHandler(logging.NullHandler())  # a null handler takes nothing: ours keeps printing
-        logging.getLogger("dinov2_cell.test").info("again")
-        assert [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()] == ["before", "again"]
-        assert other.stream.getvalue() == "after\n"
+        log.info("alone")
+        # what upstream's training setup attaches on the main process: a console handler and a file handler
+        console, log_file = logging.StreamHandler(sys.stdout), logging.StreamHandler(io.StringIO())
+        root.addHandler(console)
+        root.addHandler(log_file)
+        log.info("main process")
+        root.removeHandler(console)  # a non-main process: upstream attaches the file handler only
+        log.info("other process")
+        assert [line.split(": ", 1)[1] for line in stream.getvalue().splitlines()] == [
+            "alone",
+            "main process",
+            "other process",
+        ]
+        assert capsys.readouterr().out == ""  # the other console handler was muted
+        assert log_file.stream.getvalue() == "main process\nother process\n"
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
