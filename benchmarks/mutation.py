@@ -1,0 +1,246 @@
+"""Mutation testing of the core modules with mutmut: ``make mutation`` / ``python benchmarks/mutation.py``.
+
+For each core module (``MODULES``), mutmut makes small changes to its source one at a time (an operator flipped, a
+constant changed, an argument dropped, ...) and runs that module's tests only (the test files listed beside it); a
+mutant is *killed* when a test fails. The score of a module is killed / (mutants - skipped): a surviving mutant is
+either a gap in the tests or an equivalent change (one that cannot alter behaviour, e.g. a log message), which
+``docs/testing.md`` asks to be listed with its reason.
+
+The working tree is never modified: each module is run in its own copy of the repository under ``--work`` (default a
+fresh temporary folder), where mutmut writes its ``mutants/`` tree. In that copy the top-level ``patches/`` folder
+is also placed inside the package (``dinov2_cell/patches``), the name it is imported under, so that mutants of
+``patches/fsdp.py`` are the code the tests run.
+
+Outputs: one line per module (killed, survived, no tests, timeout, suspicious, total, score), a summary JSON
+(``--json``) and, for each module, the diffs of its surviving mutants (``<work>/<module>/survivors.txt``).
+The run takes long on a laptop (each mutant reruns the module's tests); pass module keys to run some only, e.g.
+``python benchmarks/mutation.py profiles/merge.py train/local_aggregation.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# module (under dinov2_cell/, or patches/) -> the tests that exercise it
+MODULES = {
+    "train/local_aggregation.py": [
+        "tests/train/test_local_aggregation.py",
+        "tests/train/test_local_aggregation_grad.py",
+    ],
+    "augment/": [
+        "tests/augment/test_augment_transforms.py",
+        "tests/augment/test_augment_pipeline.py",
+        "tests/augment/test_augment_params.py",
+        "tests/augment/test_augment_device.py",
+        "tests/augment/test_augment_elastic_frame.py",
+    ],
+    "profiles/merge.py": ["tests/profiles/test_profiles_merge.py", "tests/profiles/test_merge_contract.py"],
+    "profiles/submission.py": [
+        "tests/profiles/test_profiles_submission.py",
+        "tests/profiles/test_profiles_submission_final.py",
+    ],
+    "eval/knn_wells.py": [
+        "tests/eval/test_eval_knn.py",
+        "tests/eval/test_knn_fields.py",
+        "tests/eval/test_eval_knn_published.py",
+        "tests/eval/test_eval_controls.py",
+    ],
+    "eval/map.py": ["tests/eval/test_eval_map.py", "tests/eval/test_map_copairs.py"],
+    "data/store.py": ["tests/data/test_data_store.py", "tests/data/test_store_skip.py"],
+    "patches/fsdp.py": ["tests/patches/test_patches.py"],
+    "train/health.py": ["tests/train/test_health.py", "tests/train/test_health_targets.py"],
+}
+# not copied into the work folders
+IGNORE = shutil.ignore_patterns(
+    ".git", ".venv", "mutants", "demo_output", "__pycache__", "*.egg-info", "build", ".ruff_cache", ".pytest_cache"
+)
+STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "not checked", "segfault")
+
+
+def source_glob(module: str) -> str:
+    """The ``only_mutate`` pattern of a module key (paths as mutmut sees them in the work copy).
+
+    Args:
+        module: a key of :data:`MODULES` (``patches/...`` or a path under ``dinov2_cell/``; a folder ends in ``/``).
+
+    Returns:
+        A glob such as ``dinov2_cell/profiles/merge.py`` or ``dinov2_cell/augment/*``.
+    """
+    path = "dinov2_cell/" + module
+    return path + "*" if module.endswith("/") else path
+
+
+def write_config(work: Path, module: str, tests: list[str]) -> None:
+    """The ``[mutmut]`` section of ``setup.cfg`` in the work copy (mutmut reads it from the current folder)."""
+    lines = [
+        "[mutmut]",
+        "source_paths = dinov2_cell",
+        "only_mutate = " + source_glob(module),
+        # torch is not fork-safe once used: mutants are forked from a clean server process
+        "process_isolation = forkserver",
+        "pytest_add_cli_args_test_selection =",
+        *[f"    {t}" for t in tests],
+        "pytest_add_cli_args =",
+        "    -p",
+        "    no:cacheprovider",
+        "    -q",
+        "also_copy =",
+        *[f"    {p}" for p in ("configs", "patches", "benchmarks", "slurm", "docs", "pytest.ini", "README.md")],
+        "",
+    ]
+    (work / "setup.cfg").write_text("\n".join(lines))
+
+
+def prepare(work: Path) -> None:
+    """Copy the repository into ``work`` with ``patches/`` also inside the package."""
+    shutil.copytree(REPO, work, ignore=IGNORE)
+    shutil.copytree(REPO / "patches", work / "dinov2_cell" / "patches", ignore=IGNORE)
+
+
+def parse_results(text: str) -> dict[str, str]:
+    """``mutmut results --all true`` lines (``    name: status``) -> {mutant name: status}."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^\s+(\S+): (.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def score(statuses: dict[str, str]) -> dict:
+    """Counts per status and the score: killed (timeouts count as killed) / (mutants - skipped).
+
+    Args:
+        statuses: {mutant name: status}.
+
+    Returns:
+        Dict with one count per status, ``total`` and ``score`` (None without mutants).
+    """
+    counts = {s: 0 for s in STATUS}
+    for s in statuses.values():
+        counts[s] = counts.get(s, 0) + 1
+    considered = len(statuses) - counts["skipped"]
+    caught = counts["killed"] + counts["timeout"]
+    return {**counts, "total": len(statuses), "score": caught / considered if considered else None}
+
+
+def run_module(module: str, tests: list[str], root: Path, max_children: int, python: str) -> dict:
+    """Run mutmut on one module in its own copy of the repository.
+
+    Args:
+        module: a key of :data:`MODULES`.
+        tests: its test files.
+        root: parent folder of the work copies.
+        max_children: mutmut's parallel workers.
+        python: the interpreter with mutmut and the project installed.
+
+    Returns:
+        The :func:`score` dict plus ``module``, ``seconds``, ``work`` and ``survivors`` (names).
+    """
+    work = root / module.strip("/").replace("/", "__")
+    if work.exists():
+        shutil.rmtree(work)
+    prepare(work)
+    write_config(work, module, tests)
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    t0 = time.perf_counter()
+    with open(work / "mutmut_run.log", "w") as log:  # mutmut's progress, readable while it runs
+        run = subprocess.run(
+            [python, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    seconds = time.perf_counter() - t0
+    res = subprocess.run(
+        [python, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True
+    )
+    statuses = parse_results(res.stdout)
+    if run.returncode != 0 and not statuses:
+        raise RuntimeError(f"mutmut failed on {module} (exit {run.returncode}); see {work / 'mutmut_run.log'}")
+    survivors = sorted(k for k, v in statuses.items() if v not in ("killed", "timeout", "skipped"))
+    with open(work / "survivors.txt", "w") as f:
+        for name in survivors:
+            show = subprocess.run(
+                [python, "-m", "mutmut", "show", name], cwd=work, env=env, capture_output=True, text=True
+            )
+            f.write(show.stdout + "\n")
+    return {
+        "module": module,
+        **score(statuses),
+        "seconds": round(seconds, 1),
+        "work": str(work),
+        "survivors": survivors,
+    }
+
+
+def format_row(r: dict) -> str:
+    pct = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"
+    return (
+        f"{r['module']:<28}{r['killed']:>7}{r['survived']:>9}{r['no tests']:>9}{r['timeout']:>8}{r['suspicious']:>11}"
+        f"{r['total']:>7}{pct:>9}{r['seconds']:>9.0f}"
+    )
+
+
+HEADER = f"{'module':<28}{'killed':>7}{'survived':>9}{'no tests':>9}{'timeout':>8}{'suspicious':>11}{'total':>7}"
+HEADER += f"{'score':>9}{'s':>9}"
+
+
+def main(argv=None) -> int:
+    """CLI entry point.
+
+    Args:
+        argv: arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        Exit status: 0, or 1 when a module scores below ``--fail-under``.
+    """
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/mutation.py",
+        description="mutmut mutation testing of the core modules, each against its own tests, in copies of the "
+        "repository (the working tree is never modified). Prints the score per module.",
+    )
+    p.add_argument("modules", nargs="*", help=f"module keys to run (default all): {', '.join(MODULES)}")
+    p.add_argument("--work", default=None, help="folder for the copies (default: a new temporary folder)")
+    p.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="mutmut workers")
+    p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--fail-under", type=float, default=None, help="exit 1 if a module scores below this (0-1)")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        p.error(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
+    root = Path(args.work or tempfile.mkdtemp(prefix="dinov2_cell_mutation_")).resolve()
+    if REPO == root or REPO in root.parents:
+        p.error(f"--work {root} lies inside the repository; use a folder outside it")
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {root}", flush=True)
+    print(HEADER, flush=True)
+    rows = []
+    for module in args.modules or list(MODULES):
+        row = run_module(module, MODULES[module], root, args.max_children, sys.executable)
+        rows.append(row)
+        print(format_row(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    for r in rows:
+        if r["survivors"]:
+            print(f"{r['module']}: {len(r['survivors'])} not killed, diffs in {r['work']}/survivors.txt")
+    if args.fail_under is not None and any(r["score"] is not None and r["score"] < args.fail_under for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
