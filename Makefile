@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean mutation
 
 install: $(STAMP)
 
@@ -19,6 +19,19 @@ $(STAMP): requirements.txt setup.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# `make mutation` (not part of `make test`): mutmut on the core modules, each against its own tests, in copies of the
+# repository; prints the score per module. MUTATION_MODULES=profiles/merge.py runs some only (see docs/testing.md).
+DEV_STAMP := $(VENV)/.dev-installed
+MUTATION_MODULES ?=
+MUTATION_ARGS ?=
+
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+mutation: $(DEV_STAMP)
+	$(PY) benchmarks/mutation.py $(MUTATION_ARGS) $(MUTATION_MODULES)
 
 demo: $(STAMP)
 	$(PY) -m dinov2_cell.demo --out demo_output
