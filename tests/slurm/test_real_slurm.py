@@ -145,11 +145,6 @@ def test_run_train_slurm_trains_to_completion(train_jobs):
     assert (out / "submitit" / job / f"{job}_0_result.pkl").is_file()  # submitit's task returned
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="save-on-signal is not wired into the training main yet (train/train.py: preemption_signals around "
-    "do_train): the requeued job restarts from the last periodic checkpoint",
-)
 def test_usr2_requeues_and_resumes_losing_at_most_one_iteration(train_jobs):
     out, job = train_jobs["signalled"]
     log_path = out / "logs" / "log.txt"
