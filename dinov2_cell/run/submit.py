@@ -1,8 +1,11 @@
 """SLURM submission through submitit: a requeue-able training task and the executor set-up.
 
-The task is a callable object with `checkpoint()`: when SLURM preempts or times out the job, submitit calls it and
-resubmits a fresh task with the same arguments; the new job finds the checkpoints in `--output-dir` and resumes
-(`do_train(..., resume=True)`), and the output-dir check accepts it because the config is the same.
+The task is a callable object with `checkpoint()`: when SLURM preempts or times out the job (SIGUSR2,
+`slurm_signal_delay_s` before the end), the training first finishes the iteration in progress and every rank saves
+it (`dinov2_cell.train.checkpoint`, which also states the signal/file/exit-status contract); then submitit's handler
+calls `checkpoint()`, resubmits a fresh task with the same arguments and requeues the job. The new job finds the
+checkpoints in `--output-dir` and resumes exactly where the old one stopped (`do_train(..., resume=True)`), and the
+output-dir check accepts it because the config is the same.
 """
 
 from __future__ import annotations
@@ -120,7 +123,8 @@ class TrainTask:
         return main(self.args)
 
     def checkpoint(self):
-        """Called by submitit on preemption/timeout: resubmit the same task, which resumes from checkpoints."""
+        """Called by submitit on preemption/timeout, after the checkpoint of the current iteration is written:
+        resubmit the same task, which resumes from it."""
         import submitit
 
         logger.info(
