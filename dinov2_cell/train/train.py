@@ -17,7 +17,7 @@ import torch
 
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
-from dinov2_cell.train import health
+from dinov2_cell.train import health, probe
 from dinov2_cell.train.checkpoint import preemption_signals
 from dinov2_cell.train.config import apply_batch_size_total, effective_batch_message
 from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
@@ -79,7 +79,9 @@ def main(args) -> str:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     model = LocalAggregationMetaArch(cfg)
     # collapse diagnostics into training_metrics.json (health.period_iterations)
-    plug_cell_components(cfg, dataset, model.do_local_aggregation, health.metric_logger(cfg, model, dataset))
+    # + optional kNN probe and TensorBoard scalars (monitoring.*), checked here, before training
+    factory = probe.metric_logger(cfg, model, dataset, health.metric_logger(cfg, model, dataset))
+    plug_cell_components(cfg, dataset, model.do_local_aggregation, factory)
     model = model.to(device)
     model.prepare_for_distributed_training()
     logger.info("Model:\n%s", model)
