@@ -14,11 +14,14 @@ drawn in the training process from its own generators, which the checkpoint capt
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger("dinov2")
 
 # Streams of `seed_process_generators`: a sample's transform and a batch's collate never share draws.
 SAMPLE_STREAM = 0
@@ -46,12 +49,12 @@ def capture() -> dict:
     """The process's generator states, as plain types (loadable with `weights_only=True`).
 
     Returns:
-        {"torch_cpu": ByteTensor, "torch_cuda": [ByteTensor per device] (only once CUDA is initialised),
-        "numpy": {...}, "python": {...}}.
+        {"torch_cpu": ByteTensor, "torch_cuda": ByteTensor of the process's current device (only once CUDA is
+        initialised; a training process drives one device), "numpy": {...}, "python": {...}}.
     """
     state = {"torch_cpu": torch.get_rng_state(), "numpy": _numpy_state(), "python": _python_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = list(torch.cuda.get_rng_state_all())
+        state["torch_cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -59,11 +62,7 @@ def restore(state: dict) -> None:
     """Sets the process's generators to a state returned by `capture()`.
 
     Args:
-        state: the captured states.
-
-    Raises:
-        RuntimeError: the state holds CUDA generators but this process has a different number of CUDA devices, or
-            it holds none while CUDA is in use (a resume must see the devices the run saved from).
+        state: the captured states (a CUDA state without CUDA here is skipped with a warning).
     """
     torch.set_rng_state(state["torch_cpu"])
     n = state["numpy"]
@@ -73,13 +72,10 @@ def restore(state: dict) -> None:
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
     cuda = state.get("torch_cuda")
     if cuda is not None:
-        if not torch.cuda.is_available() or torch.cuda.device_count() != len(cuda):
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            raise RuntimeError(
-                f"the checkpoint holds the generators of {len(cuda)} CUDA device(s) per process; this process sees "
-                f"{count}: resume with the same number of GPUs per process"
-            )
-        torch.cuda.set_rng_state_all(cuda)
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
+        else:
+            logger.warning("the checkpoint holds a CUDA generator state but CUDA is not available: not restored")
 
 
 def stream_seeds(seed: int, rank: int, position: int, stream: int) -> tuple[int, np.ndarray, int]:
