@@ -3,8 +3,10 @@
 Config block ``monitoring`` (``configs/cell_default_config.yaml``):
 
 * ``knn_probe_period``: after the first iteration, every N iterations and after the last, the teacher embeds a fixed
-  set of wells and the challenge kNN protocol (:func:`dinov2_cell.eval.knn_wells.evaluate`: plate-wise folds,
-  U2OS/A549 combinations, 1-NN cosine, compound labels, DMSO left out) scores them. The mean accuracy goes into
+  set of wells and a kNN scores them (:func:`knn_accuracy`): each compound well is assigned the compound of its
+  nearest well (cosine) on another plate of the same cell line, DMSO left out; the score is the fraction assigned
+  correctly, averaged over the cell lines with two plates or more. On up to 5 plates per cell line with equal wells
+  per plate that is the within-line score of ``knn_wells`` (leave-one-plate-out folds). The score goes into
   ``training_metrics.json`` (``probe_knn_accuracy``, ``probe_iteration``) and the log (``probe [i]: kNN accuracy
   ... %``), where ``python -m dinov2_cell.report RUN_DIR`` plots it. 0 = off.
 * The wells: ``knn_probe_wells_per_plate`` well positions, evenly spaced over the positions every plate has (the
@@ -90,13 +92,40 @@ def select_probe_sites(samples, wells_per_plate: int, sites_per_well: int) -> tu
     return keep.index.to_numpy(np.int64), list(zip(keep[PLATE].astype(str), keep[WELL].astype(str)))
 
 
+def knn_accuracy(x: np.ndarray, labels: np.ndarray, plates: np.ndarray, lines: np.ndarray) -> float:
+    """Leave-one-plate-out 1-NN (cosine) label accuracy within each cell line, averaged over the cell lines.
+
+    Args:
+        x: (n, D) well profiles (controls already removed).
+        labels: (n,) compounds.
+        plates: (n,) plate of each well.
+        lines: (n,) cell line of each well.
+
+    Returns:
+        The mean over cell lines with >= 2 plates of the fraction of wells whose nearest well on another plate of
+        their line has their label; NaN when no line has two plates.
+    """
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    xn = x / np.where(norm > 0, norm, 1.0)
+    scores = []
+    for line in sorted(set(lines)):
+        m = lines == line
+        if len(set(plates[m])) < 2:
+            continue
+        sim = xn[m] @ xn[m].T
+        sim[plates[m][:, None] == plates[m][None, :]] = -np.inf  # neighbours only on other plates
+        scores.append(float(np.mean(labels[m][np.argmax(sim, axis=1)] == labels[m])))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 @contextlib.contextmanager
 def preserved_random_state():
     """Restore Python's, numpy's global and torch's (CPU and CUDA) generators on exit.
 
     The training draws from all of them (upstream's masking from Python's ``random``); the probe's own code draws
     nothing, but what it imports may: importing scikit-learn's neighbours module advanced Python's global generator
-    on this project's install, which changed every later loss of a run (caught by the probe-on/probe-off test).
+    on this project's install, which changed every later loss of a run (caught by the probe-on/probe-off test when
+    the probe scored with scikit-learn).
     """
     py, np_state = random.getstate(), np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
@@ -228,16 +257,27 @@ class KnnProbe:
             ``{probe_iteration, probe_knn_accuracy, probe_seconds}``.
         """
         with preserved_random_state():
-            from dinov2_cell.eval.knn_wells import evaluate
+            from dinov2_cell.columns import BROAD, CELL_LINE, PLATE
+            from dinov2_cell.eval.postprocess import PostProcess
+            from dinov2_cell.profiles.io import feature_columns, is_control
 
             if self._images is None:
                 self._load()  # once; not counted in the per-probe seconds
             t0 = time.perf_counter()
-            result = evaluate(self.well_profiles(), normalize=self.settings["normalize"], source="kNN probe wells")
+            df = self.well_profiles()
+            feats = feature_columns(df)
+            df = PostProcess(self.settings["normalize"], False, None)(df, feats).reset_index(drop=True)
+            df = df[~is_control(df)]
+            accuracy = knn_accuracy(
+                df[feats].to_numpy(np.float64),
+                df[BROAD].astype(str).to_numpy(),
+                df[PLATE].astype(str).to_numpy(),
+                df[CELL_LINE].astype(str).to_numpy(),
+            )
             seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.n_probes += 1
-        return {KEY_ITERATION: float(iteration), KEY_ACCURACY: result["mean"]["accuracy"], KEY_SECONDS: seconds}
+        return {KEY_ITERATION: float(iteration), KEY_ACCURACY: accuracy, KEY_SECONDS: seconds}
 
 
 def summary_writer_class():

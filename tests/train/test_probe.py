@@ -32,6 +32,28 @@ def test_probe_wells_are_the_positions_every_plate_has_evenly_spaced():
     assert len(idx) == 2 * 4 * 3 and ("P1", "B01") not in keys
 
 
+@pytest.fixture()
+def planted_table():
+    """Random well profiles with a compound signal: 3 U2OS + 2 A549 plates, 8 compounds, 2 DMSO wells per plate."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(8, 6))
+    rows, feats = [], []
+    for k, line in enumerate(["U2OS"] * 3 + ["A549"] * 2):
+        for i in range(10):
+            dmso = i >= 8
+            rows.append(
+                {
+                    "Metadata_Plate": f"P{k}",
+                    "Metadata_Well": f"A{i + 1:02d}",
+                    "Metadata_broad_sample": "" if dmso else f"BRD-{i}",
+                    "Metadata_pert_iname": "DMSO" if dmso else f"cpd{i}",
+                    "Metadata_cell_line": line,
+                }
+            )
+            feats.append((0 if dmso else centers[i]) + 1.2 * rng.normal(size=6))
+    return pd.concat([pd.DataFrame(rows), pd.DataFrame(np.array(feats), columns=[f"f{j}" for j in range(6)])], axis=1)
+
+
 @pytest.fixture(scope="module")
 def plates(tmp_path_factory):
     from dinov2_cell.synthetic import generate_plates
@@ -71,13 +93,30 @@ def _losses(rows):
     return [{k: v for k, v in r.items() if k.endswith("_loss")} for r in rows]
 
 
+def _sklearn_lopo_accuracy(table):
+    """Leave-one-plate-out 1-NN (cosine) compound accuracy per cell line, averaged, with scikit-learn."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    cpd = table[table["Metadata_pert_iname"] != "DMSO"]
+    feats = [c for c in cpd.columns if not c.startswith("Metadata_")]
+    scores = []
+    for _, line in cpd.groupby("Metadata_cell_line"):
+        hits = 0
+        for plate in line["Metadata_Plate"].unique():
+            train, test = line[line["Metadata_Plate"] != plate], line[line["Metadata_Plate"] == plate]
+            clf = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
+            clf.fit(train[feats], train["Metadata_broad_sample"])
+            hits += int((clf.predict(test[feats]) == test["Metadata_broad_sample"]).sum())
+        scores.append(hits / len(line))
+    return float(np.mean(scores))
+
+
 def _recomputed_probe_accuracy(run, plates):
     """The probe's score of the final teacher, rebuilt without the probe's code: the checkpoint, the dataset's own
-    images resized as in the docstring, CLS + mean patch token averaged per well, the challenge kNN."""
+    images resized as in the docstring, CLS + mean patch token averaged per well, scikit-learn's 1-NN."""
     from dinov2.data import make_dataset
 
     from dinov2_cell.data.registry import discard_target
-    from dinov2_cell.eval.knn_wells import evaluate
     from dinov2_cell.models.teacher import load_teacher, site_features
     from dinov2_cell.plugin import install
 
@@ -88,9 +127,8 @@ def _recomputed_probe_accuracy(run, plates):
         target_transform=discard_target,
     )
     meta = ds.site_metadata()
-    first = meta[
-        meta["Metadata_Site"] == meta.groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Site"].transform("min")
-    ]
+    first_site = meta.groupby(["Metadata_Plate", "Metadata_Well"])["Metadata_Site"].transform("min")
+    first = meta[meta["Metadata_Site"] == first_site]
     teacher = load_teacher(str(run))
     images = torch.stack([torch.as_tensor(ds.get_image(int(i)), dtype=torch.float32) for i in first.index])
     images = F.interpolate(images, size=(56, 56), mode="bilinear", antialias=True, align_corners=False)
@@ -98,7 +136,21 @@ def _recomputed_probe_accuracy(run, plates):
         x = site_features(teacher.backbone.eval(), images).double().numpy()
     table = first.drop(columns=["Metadata_Site", "source"]).reset_index(drop=True)
     table = pd.concat([table, pd.DataFrame(x, columns=[f"f{j}" for j in range(x.shape[1])])], axis=1)
-    return evaluate(table)["mean"]["accuracy"]
+    return _sklearn_lopo_accuracy(table)
+
+
+def test_knn_accuracy_against_scikit_learn(planted_table):
+    from dinov2_cell.train.probe import knn_accuracy
+
+    cpd = planted_table[planted_table["Metadata_pert_iname"] != "DMSO"]
+    got = knn_accuracy(
+        cpd[[c for c in cpd.columns if not c.startswith("Metadata_")]].to_numpy(float),
+        cpd["Metadata_broad_sample"].to_numpy(),
+        cpd["Metadata_Plate"].to_numpy(),
+        cpd["Metadata_cell_line"].to_numpy(),
+    )
+    assert got == pytest.approx(_sklearn_lopo_accuracy(planted_table), abs=1e-12)
+    assert 0.2 < got < 0.95  # noisy enough that errors occur, structured enough that hits do
 
 
 def test_probe_values_and_a_run_with_it_trains_as_one_without(plates, tmp_path):
