@@ -1,13 +1,14 @@
 """`python -m dinov2_cell.demo`: the whole method on synthetic plates in the real CPJUMP1 layout, on CPU.
 
-Modules: :mod:`~dinov2_cell.demo.options` (the command line, its steps in ``--help``, and the checks made before
-anything is written), :mod:`~dinov2_cell.demo.steps` (plates, trainings, random-init controls, profiles, checkpoint
-probe), :mod:`~dinov2_cell.demo.scoring` (kNN + mAP, the printed table), :mod:`~dinov2_cell.demo.report_page`
-(OUT/report/README.md, drawn with :mod:`dinov2_cell.report`) and :mod:`~dinov2_cell.demo.pipeline` (the steps in
-order). The names below are re-exported for scripts that drive parts of the demo.
+Modules: ``dinov2_cell.demo.__main__`` (the command line; its steps are in ``--help``),
+:mod:`~dinov2_cell.demo.checks` (every option checked before anything is written), :mod:`~dinov2_cell.demo.steps`
+(plates, trainings, random-init controls, profiles, checkpoint probe), :mod:`~dinov2_cell.demo.scoring` (kNN + mAP,
+the printed table), :mod:`~dinov2_cell.demo.report_page` (OUT/report/README.md, drawn with :mod:`dinov2_cell.report`)
+and :mod:`~dinov2_cell.demo.pipeline` (the steps in order). The names below are re-exported for scripts that drive
+parts of the demo.
 """
 
-from dinov2_cell.demo.options import get_args_parser, validate
+from dinov2_cell.demo.checks import validate
 from dinov2_cell.demo.pipeline import run_demo
 from dinov2_cell.demo.report_page import HEALTH_RUNS, read_health, report
 from dinov2_cell.demo.scoring import (
@@ -51,7 +52,6 @@ __all__ = [
     "evaluate_all",
     "format_results",
     "generate",
-    "get_args_parser",
     "model_label",
     "postprocess",
     "probe_period",
