@@ -343,3 +343,23 @@ def test_worker_draws_depend_on_the_sample_position_only():
     assert SeededSamples(Draws(), seed=5, rank=1)[(0, 0)] != a[0]  # ranks differ
     collate = SeededCollate(lambda items: (items, torch.rand(1).item()), seed=5, rank=0)
     assert collate(a[:2]) == collate(a[:2]) and collate(a[:2])[0] == [x[0] for x in a[:2]]
+
+
+def test_device_augmentation_generator_state_continues_its_stream():
+    from dinov2_cell.augment.device import DeviceCellAugmentation
+
+    x = torch.rand(6, 2, 16, 16)
+    a = DeviceCellAugmentation(seed=3, rank=1, elastic_frame="crop")
+    assert a.state_dict()["generator"] is None  # no batch yet
+    a(x)
+    saved = a.state_dict()
+    expected = [a(x), a(x)]
+    b = DeviceCellAugmentation(seed=3, rank=1, elastic_frame="crop")
+    b.load_state_dict(saved)  # before its first batch: applied when the generator is created
+    assert all(torch.equal(e, b(x)) for e in expected)
+    c = DeviceCellAugmentation(seed=3, rank=1, elastic_frame="crop")
+    c(x)
+    c.load_state_dict(saved)  # after: applied at once
+    assert torch.equal(expected[0], c(x))
+    with pytest.raises(ValueError, match="same --seed"):
+        DeviceCellAugmentation(seed=4, rank=1).load_state_dict(saved)
