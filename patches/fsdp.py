@@ -114,7 +114,11 @@ def sharded_like(state_dict: dict, template: dict) -> dict:
 
     out = dict(state_dict)
     for k, t in template.items():
-        if isinstance(t, ShardedTensor) and isinstance(out.get(k), torch.Tensor) and not isinstance(out[k], ShardedTensor):
+        if (
+            isinstance(t, ShardedTensor)
+            and isinstance(out.get(k), torch.Tensor)
+            and not isinstance(out[k], ShardedTensor)
+        ):
             local = t.local_tensor()
             if local.shape != out[k].shape:
                 raise ValueError(

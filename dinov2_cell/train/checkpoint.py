@@ -342,7 +342,9 @@ class ResumableCheckpointer(FSDPCheckpointer):
     def __init__(self, model, save_dir: str = "", *, save_to_disk: bool = True, **checkpointables: Any):
         global _current
         self.run_state = RunState(model, self)
-        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables, **{RUN_STATE_KEY: self.run_state})
+        super().__init__(
+            model, save_dir, save_to_disk=save_to_disk, **checkpointables, **{RUN_STATE_KEY: self.run_state}
+        )
         self._resuming = False
         _current = self.run_state
 
@@ -390,7 +392,6 @@ class ResumableCheckpointer(FSDPCheckpointer):
             if problems:
                 raise RuntimeError(f"the checkpoint does not fit the model: {'; '.join(problems)}")
         return incompatible
-
 
     def _flat_param_loaded(self, key: str, value) -> bool:
         """Whether `key` is the flat parameter of a sharded FSDP unit that holds exactly `value`'s local shard.
@@ -464,7 +465,11 @@ class ResumableShardedInfiniteSampler(ShardedInfiniteSampler):
     """
 
     def __iter__(self):
-        per_pass = self._sample_count // self._step if self._shuffle else len(range(self._start, self._sample_count, self._step))
+        per_pass = (
+            self._sample_count // self._step
+            if self._shuffle
+            else len(range(self._start, self._sample_count, self._step))
+        )
         if per_pass > 0 and self._advance >= per_pass:
             passes, self._advance = divmod(self._advance, per_pass)
             self._iter_count += passes

@@ -184,7 +184,9 @@ def test_sigusr2_saves_the_current_iteration_and_the_resumed_run_equals_the_cont
     second = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert second.returncode == 0, second.stdout[-3000:]
     assert f"Starting training from iteration {iteration + 1}" in second.stdout
-    assert _differences(_load(continuous["out"] / "model_final.rank_0.pth"), _load(out / "model_final.rank_0.pth")) == {}
+    assert (
+        _differences(_load(continuous["out"] / "model_final.rank_0.pth"), _load(out / "model_final.rank_0.pth")) == {}
+    )
     assert _metrics(continuous["out"]) == _metrics(out)
 
 
