@@ -176,7 +176,8 @@ def test_sigusr2_saves_the_current_iteration_and_the_resumed_run_equals_the_cont
     line = [s for s in stderr.splitlines() if "SIGUSR2 received during iteration" in s]
     assert len(line) == 1, stderr[-3000:]
     iteration = int(line[0].split("during iteration ")[1].split(":")[0])
-    assert 3 <= iteration < 11  # after the periodic checkpoint of iteration 2, before the last iteration
+    # after the periodic checkpoint of iteration 2 (2: the signal came between that save and its boundary's check)
+    assert 2 <= iteration < 11
     name = f"model_{iteration:07d}.rank_0.pth"
     assert marker.read_text().strip() == name
     assert _load(out / name)["iteration"] == iteration
