@@ -37,8 +37,11 @@ explicit (every one is an option):
   (:func:`dinov2_cell.profiles.io.is_control`).
 
 Outputs: a table on stdout (percentages); with ``--out DIR``: ``knn_folds.csv`` (every fold of every combination),
-``knn_summary.csv`` (combinations + mean), ``knn.json`` (everything, config included) and, with ``--map``, mAP tables
-(:mod:`dinov2_cell.eval.map`). Existing files are never replaced without ``--overwrite``.
+``knn_summary.csv`` (combinations + mean), ``knn.json`` (everything, config included), ``compounds.csv`` (per compound
+and cell line: kNN hits per combination, and the activity mAP with ``--map``;
+:func:`dinov2_cell.eval.outputs.compound_table`) and, with ``--map``, mAP tables (:mod:`dinov2_cell.eval.map`). With
+``--report DIR``: the evaluation report (:mod:`dinov2_cell.report.evaluation`). Existing files are never replaced
+without ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -117,6 +117,8 @@ def format_table(result: dict, map_result: dict | None = None) -> str:
 def write_outputs(result: dict, out_dir: str, map_result: dict | None = None, overwrite: bool = False) -> list[str]:
     """Write the CSV/JSON outputs (refusing to replace files unless ``overwrite``).
 
+    ``knn.json`` holds everything but the per-well predictions, which ``compounds.csv`` sums per compound.
+
     Args:
         result: output of :func:`evaluate`.
         out_dir: folder (created).
