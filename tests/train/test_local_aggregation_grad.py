@@ -131,3 +131,58 @@ def test_koleo_term_alone_reaches_the_backbone_with_its_weight():
     for name, g in g_all.items():
         ref = g_up.get(name, torch.zeros_like(g)) + g_extra.get(name, torch.zeros_like(g))
         torch.testing.assert_close(g, ref, atol=1e-6, rtol=1e-4, msg=name)
+
+
+class _RecordingAugmentation:
+    """Stands in for the device augmentation: halves every crop and records the device it was asked for."""
+
+    def __init__(self):
+        self.devices = []
+
+    def augment_batch(self, images, device):
+        self.devices.append(device)
+        out = dict(images)
+        for key in ("collated_global_crops", "collated_local_crops", "collated_other_site_crops"):
+            out[key] = images[key] * 0.5
+        return out
+
+
+@pytest.mark.parametrize("la_weight", [0.0, 0.4])
+def test_device_augmentation_output_is_what_the_step_trains_on(la_weight):
+    """With `augmentations.device=model` the step trains on the augmented batch (local aggregation on and off)."""
+    cfg = tiny_cfg(f"local_aggregation.loss_weight={la_weight}", "student.layerscale=1.0")
+    batch = make_batch(cfg, batch_size=4, other_site=True, seed=13)
+    model = _fresh(LocalAggregationMetaArch, cfg)
+    model.device_augmentation = _RecordingAugmentation()
+    torch.manual_seed(1)
+    got = model.forward_backward(batch, teacher_temp=TEACHER_TEMP)
+    assert model.device_augmentation.devices == [torch.device("cpu")]
+
+    reference = _fresh(LocalAggregationMetaArch, cfg)  # no device augmentation: fed the augmented batch by hand
+    assert reference.device_augmentation is None
+    torch.manual_seed(1)
+    want = reference.forward_backward(_RecordingAugmentation().augment_batch(batch, None), teacher_temp=TEACHER_TEMP)
+    assert got.keys() == want.keys() and ("local_aggregation_loss" in got) == (la_weight > 0)
+    for k in want:
+        assert float(got[k]) == float(want[k]), k
+
+
+def test_step_exposes_its_teacher_targets_and_no_zero_weight_koleo():
+    """The health monitor reads the step's v1 teacher targets; a KoLeo weight of 0 adds no KoLeo term."""
+    cfg = tiny_cfg("local_aggregation.loss_weight=0.5", "local_aggregation.koleo_loss_weight=0")
+    model = _fresh(LocalAggregationMetaArch, cfg)
+    batch = make_batch(cfg, batch_size=4, other_site=True, seed=14)
+    with torch.no_grad():
+        t_cls = model.teacher.backbone(batch["collated_global_crops"], is_training=True)["x_norm_clstoken"]
+        t_prob = F.softmax(model.teacher.dino_head(t_cls) / TEACHER_TEMP, dim=-1)  # centre 0 at the first step
+    assert model.last_local_aggregation_targets is None
+    losses = model.forward_backward(batch, teacher_temp=TEACHER_TEMP)
+    assert "local_aggregation_koleo_loss" not in losses
+    targets = model.last_local_aggregation_targets
+    assert targets is not None and not targets.requires_grad and targets.shape == t_prob.shape
+    # upstream hands the two global crops' targets over in swapped order; the term averages both
+    torch.testing.assert_close(targets, torch.cat(t_prob.chunk(2)[::-1]), atol=1e-6, rtol=1e-5)
+    with pytest.raises(
+        KeyError, match=r"the dataset must hand out other sites .* or set local_aggregation.loss_weight=0"
+    ):
+        model.forward_backward(make_batch(cfg, other_site=False), teacher_temp=TEACHER_TEMP)
