@@ -84,7 +84,7 @@ def test_well_grid_defaults_single_site_and_errors():
     v = np.array([[1.0, 2.0]])
     grid, n_missing = merge.well_grid([5], v, 3)  # defaults: row-major order, empty positions filled with the mean
     assert n_missing == 8 and (grid == v[0]).all()
-    with pytest.raises(ValueError, match="a well needs at least one site"):
+    with pytest.raises(ValueError, match="^a well needs at least one site$"):
         merge.well_grid([], np.zeros((0, 2)), 3)
     with pytest.raises(ValueError, match=r"well has 1 of 9 sites \(missing='error'\)"):
         merge.well_grid([5], v, 3, missing="error")
@@ -106,6 +106,22 @@ def test_merge_well_options_and_errors():
         merge.merge_well([1, 1], feats[:2], 3, mode="mean")
     out, n = merge.merge_well([1, 2, 5], feats[[0, 1, 4]], 3, mode="mean")
     assert out.tolist() == [5 / 3] and n == 0
+    assert merge.well_feature_names(2, "mean") == ["0000", "0001"]  # no prefix by default
+    assert merge.well_feature_names(1, "concat", "bf_", out_side=2) == [
+        "bf_p0_0000",
+        "bf_p1_0000",
+        "bf_p2_0000",
+        "bf_p3_0000",
+    ]
+
+
+def test_float32_sites_are_averaged_in_float64():
+    # in float32, 1e8 + 1 rounds to 1e8, so a float32 mean of (1e8, 1, -1e8) is 0 instead of 1/3
+    feats = np.array([[1e8], [1.0], [-1e8]], dtype=np.float32)
+    out, _ = merge.merge_well([1, 2, 3], feats, 3, mode="mean")
+    assert out[0] == pytest.approx(1 / 3, rel=1e-12)
+    grid, n_missing = merge.well_grid([1, 2, 3], feats, 3)  # the six empty positions get that mean
+    assert n_missing == 6 and grid[2, 2, 0] == pytest.approx(1 / 3, rel=1e-12)
 
 
 def test_merge_sites_mean_mode_snake_order_and_stats(warnings_of_profiles):
