@@ -37,6 +37,7 @@ MODULES = {
     "train/local_aggregation.py": [
         "tests/train/test_local_aggregation.py",
         "tests/train/test_local_aggregation_grad.py",
+        "tests/train/test_local_aggregation_config.py",
     ],
     "augment/": [
         "tests/augment/test_augment_transforms.py",
