@@ -9,17 +9,17 @@ import pandas as pd
 import pytest
 from copairs.map import average_precision, mean_average_precision
 
-from conftest import planted_profiles
 from dinov2_cell.eval.map import consistency_map, map_scores
 
 NULL = 500
 TARGET = "Metadata_target"
 
 
-@pytest.fixture(scope="module")
-def table():
+@pytest.fixture()
+def table(make_planted):
     # 24 compounds (12 targets of two compounds), 3 plates, one cell line; structure 0.6 gives mixed evidence
-    return planted_profiles(plates=(("U2OS", 3),), n_compounds=24, noise=1.0, structure=0.6, seed=1)
+    make, _ = make_planted
+    return make(plates=(("U2OS", 3),), n_compounds=24, noise=1.0, structure=0.6, seed=1)
 
 
 def _features(df):
