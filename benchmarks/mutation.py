@@ -30,7 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from dinov2_cell.cli import HelpFormatter, UsageError, common_parser, run_main
+
 REPO = Path(__file__).resolve().parent.parent
+PROG = "python benchmarks/mutation.py"
 
 # module (under dinov2_cell/, or patches/) -> the tests that exercise it
 MODULES = {
@@ -209,9 +212,11 @@ def main(argv=None) -> int:
         Exit status: 0, or 1 when a module scores below ``--fail-under``.
     """
     p = argparse.ArgumentParser(
-        prog="python benchmarks/mutation.py",
+        prog=PROG,
         description="mutmut mutation testing of the core modules, each against its own tests, in copies of the "
         "repository (the working tree is never modified). Prints the score per module.",
+        formatter_class=HelpFormatter,
+        parents=[common_parser()],
     )
     p.add_argument("modules", nargs="*", help=f"module keys to run (default all): {', '.join(MODULES)}")
     p.add_argument("--work", default=None, help="folder for the copies (default: a new temporary folder)")
@@ -221,10 +226,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
-        p.error(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
+        raise UsageError(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
+    if args.max_children < 1:
+        raise UsageError(f"--max-children must be >= 1, got {args.max_children}")
     root = Path(args.work or tempfile.mkdtemp(prefix="dinov2_cell_mutation_")).resolve()
     if REPO == root or REPO in root.parents:
-        p.error(f"--work {root} lies inside the repository; use a folder outside it")
+        raise UsageError(f"--work {root} lies inside the repository; use a folder outside it")
     root.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {root}", flush=True)
     print(HEADER, flush=True)
@@ -244,4 +251,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, prog=PROG))
