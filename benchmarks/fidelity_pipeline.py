@@ -86,7 +86,7 @@ class SeedPipeline:
             demo.random_init_run(template, out, self.seed)
         else:
             config, extra, keys = TRAININGS[name]
-            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", config, "--output-dir", out]
+            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", config, "--out", out]
             cmd += ["--seed", str(self.seed), *self._overrides(config, keys), *extra]
             demo._run(cmd, os.path.join(self.runs_dir, f"{name}.log"))
         _log_step(f"seed {self.seed}: model {name}", t0, self.timings)

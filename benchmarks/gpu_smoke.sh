@@ -50,7 +50,7 @@ PYEOF
 }
 
 log "2) ViT-S/14 at ${G1} px, 50 iterations through python -m dinov2_cell.run.train"
-$PY -m dinov2_cell.run.train "${common[@]}" --output-dir "$W/run224" crops.global_crops_size=$G1 optim.epochs=5 \
+$PY -m dinov2_cell.run.train "${common[@]}" --out "$W/run224" crops.global_crops_size=$G1 optim.epochs=5 \
   > "$OUT/train224.log" 2>&1 || { tail -30 "$OUT/train224.log"; exit 1; }
 ls "$W/run224" | tee -a "$OUT/summary.txt"
 summarize "$W/run224" "train ${G1}px"
@@ -58,13 +58,13 @@ summarize "$W/run224" "train ${G1}px"
 log "3) resume: back to the iteration-29 checkpoint, same command again"
 rm -f "$W/run224/model_final.rank_0.pth"; rm -rf "$W/run224/eval/final"
 echo -n "model_0000029.rank_0.pth" > "$W/run224/last_checkpoint.rank_0"
-$PY -m dinov2_cell.run.train "${common[@]}" --output-dir "$W/run224" crops.global_crops_size=$G1 optim.epochs=5 \
+$PY -m dinov2_cell.run.train "${common[@]}" --out "$W/run224" crops.global_crops_size=$G1 optim.epochs=5 \
   > "$OUT/resume224.log" 2>&1 || { tail -30 "$OUT/resume224.log"; exit 1; }
 grep -o "Starting training from iteration [0-9]*" "$OUT/resume224.log" | tee -a "$OUT/summary.txt"
 test -f "$W/run224/eval/final/teacher_checkpoint.pth" && log "resume OK: final teacher checkpoint written"
 
 log "4) ViT-S/14 at ${G2} px (paper crops), 30 iterations"
-$PY -m dinov2_cell.run.train "${common[@]}" --output-dir "$W/run518" crops.global_crops_size=$G2 optim.epochs=3 \
+$PY -m dinov2_cell.run.train "${common[@]}" --out "$W/run518" crops.global_crops_size=$G2 optim.epochs=3 \
   > "$OUT/train518.log" 2>&1 || { tail -30 "$OUT/train518.log"; exit 1; }
 summarize "$W/run518" "train ${G2}px"
 log "done"

@@ -288,7 +288,7 @@ class SeedRun(SeedPipeline):
             write_config(build_config(CONFIG, overrides), template)
             demo.random_init_run(template, out, self.seed)
         else:
-            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIG, "--output-dir", out]
+            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIG, "--out", out]
             cmd += ["--seed", str(self.seed), *overrides, *extra]
             demo._run(cmd, os.path.join(self.runs_dir, f"{arm}.log"))
         self._time(f"model {arm}", t0)

@@ -170,21 +170,6 @@ def _install_training_hooks() -> None:
         train.make_dataset = _dataset_hook(train.make_dataset)
     if getattr(train.MetricLogger, "__dinov2_cell_hook__", None) is None:
         train.MetricLogger = _metric_logger_hook(train.MetricLogger)
-    _install_resume_hooks(train)
-
-
-def _install_resume_hooks(train) -> None:
-    """Rebinds ``FSDPCheckpointer``, ``PeriodicCheckpointer`` and ``make_data_loader`` in ``dinov2.train.train``.
-
-    Replaces: the names ``do_train`` looks up in its module to build its checkpointers and its data loader (see
-    ``dinov2_cell.train.checkpoint.install_hooks``).
-    Needed because: upstream's checkpoints hold no random generators, its loader restarts the sample stream on every
-    resume (``sampler_advance=0``), and nothing is saved when a preemption signal arrives.
-    When: always (GPU and CPU), whether or not a run is bound.
-    """
-    from dinov2_cell.train.checkpoint import install_hooks
-
-    install_hooks(train)
 
 
 def _augmentation_hook(upstream_class: Callable) -> Callable:
@@ -200,11 +185,7 @@ def _augmentation_hook(upstream_class: Callable) -> Callable:
 def _metric_logger_hook(upstream_class: Callable) -> Callable:
     def MetricLogger(*args, **kwargs):  # noqa: N802 - stands in for upstream's class name
         factory = _run["metric_logger"] if _run is not None and _run["metric_logger"] is not None else upstream_class
-        metric_logger = factory(*args, **kwargs)
-        from dinov2_cell.train.checkpoint import attach_metric_logger
-
-        attach_metric_logger(metric_logger)  # its meters are part of an exact-resume checkpoint
-        return metric_logger
+        return factory(*args, **kwargs)
 
     MetricLogger.__dinov2_cell_hook__ = upstream_class
     MetricLogger.__doc__ = "The bound run's metric logger, else upstream's `MetricLogger`."

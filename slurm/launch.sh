@@ -154,7 +154,7 @@ if [ "$cmd" = train ]; then
   if [ "$dry" = 0 ]; then
     for pair in "fluo $fluo_config" "bf $bf_config"; do
       set -- $pair
-      "$python" -m dinov2_cell.run.train --check --config-file "$2" --output-dir "$output_root/$1" \
+      "$python" -m dinov2_cell.run.train --check --config-file "$2" --out "$output_root/$1" \
         --nodes "$nodes" --gpus-per-node "$gpus" ${root_arg[@]+"${root_arg[@]}"} ${extra[@]+"${extra[@]}"} >&2 || {
         echo "train: the check of the $1 training failed; nothing was queued" >&2
         exit 2
@@ -169,7 +169,7 @@ i=\$SLURM_ARRAY_TASK_ID
 # 120 s before the time limit SLURM signals this shell (B:USR1): requeue; the new run resumes from the checkpoint.
 trap 'echo \"requeuing before the time limit\"; scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"' USR1
 srun --kill-on-bad-exit=1 $(quote "$python") -m dinov2_cell.run.train --config-file \"\${configs[\$i]}\" \\
-  --output-dir $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) $(quote ${root_arg[@]+"${root_arg[@]}"}) &
+  --out $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) $(quote ${root_arg[@]+"${root_arg[@]}"}) &
 wait \$!"
   jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_train --array=0-1 --nodes="$nodes" \
     --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --cpus-per-task="$cpus" --time="${time_limit:-48:00:00}" \

@@ -195,3 +195,19 @@ def test_docs_snippet_runs_as_written(world, tmp_path, monkeypatch):
     scope = {"files": files}
     exec(compile(snippet, "docs/api.md", "exec"), scope)
     assert scope["features"].shape == (1, 192) and scope["model"].channels == FLUO
+
+
+def test_readme_snippet_runs_as_written(world, tmp_path, monkeypatch):
+    text = open(os.path.join(REPO, "README.md")).read()
+    snippet = re.search(r"## Python API.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs/paper")
+    os.symlink(world["runs"]["pct"], "runs/paper/fluo")
+    csv = next(world["data"].rglob("load_data.csv"))
+    row = pd.read_csv(csv).iloc[0]
+    site = np.stack(
+        [tifffile.imread(world["data"] / row[f"PathName_Orig{c}"] / row[f"FileName_Orig{c}"]) for c in FLUO]
+    )
+    scope = {"site": site}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    assert scope["features"].shape == (1, 192) and scope["model"].channels == FLUO

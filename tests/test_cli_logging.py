@@ -39,7 +39,7 @@ def test_a_training_run_logs_each_line_once_on_the_console_and_in_the_file(plate
     out = tmp_path / "run"
     opts = ["optim.epochs=1", "train.OFFICIAL_EPOCH_LENGTH=2", "health.period_iterations=0"]
     proc = subprocess.run(
-        [PYTHON, "-m", "dinov2_cell.run.train", "--config-file", TINY_FLUO, "--output-dir", str(out)]
+        [PYTHON, "-m", "dinov2_cell.run.train", "--config-file", TINY_FLUO, "--out", str(out)]
         + ["--data-root", plates, *opts],
         cwd=REPO,
         env=child_env(OMP_NUM_THREADS=2),

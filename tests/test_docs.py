@@ -78,3 +78,22 @@ def test_pycytominer_copairs_snippet_runs_on_ssl_profiles(tmp_path, monkeypatch,
     means = ap.groupby("Metadata_broad_sample")["average_precision"].mean()
     got = maps.set_index("Metadata_broad_sample")["mean_average_precision"]
     np.testing.assert_allclose(got.loc[means.index].to_numpy(), means.to_numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("style", ["ours", "jump"])
+def test_readme_pycytominer_snippet_runs_on_ssl_profiles(tmp_path, monkeypatch, style):
+    text = open(os.path.join(REPO, "README.md")).read()
+    snippet = re.search(r"## Using the profiles with pycytominer.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("profiles")
+    _ssl_profiles(style).to_parquet("profiles/profiles.parquet")
+    scope = {}
+    exec(compile(snippet, "README.md", "exec"), scope)
+    normed = scope["normed"]
+    assert len(normed) == 24
+    negcon = normed[normed["Metadata_control_type"] == "negcon"]
+    assert set(negcon["Metadata_Well"]) == {"A01", "A02", "A03", "A04"} and len(negcon) == 8
+    feats = [c for c in normed.columns if c.startswith(("fluo_", "bf_"))]
+    assert len(feats) == 9
+    for _, g in negcon.groupby("Metadata_Plate"):
+        assert np.allclose(g[feats].median(), 0, atol=1e-9)

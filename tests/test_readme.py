@@ -18,7 +18,15 @@ DOCS = {
     if name.endswith(".md")
 }
 BLOCKS = [b for text in [README, *DOCS.values()] for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
-LINES = [line.strip() for block in BLOCKS for line in block.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _lines(block):
+    # A trailing backslash continues the command on the next line, as in the shell.
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+LINES = [line for block in BLOCKS for line in _lines(block)]
 
 
 def _entry(line):

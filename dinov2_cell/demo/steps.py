@@ -79,7 +79,7 @@ def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
             runs[f"{group}_{variant}"] = out
             if os.path.isfile(os.path.join(out, "eval", "final", "teacher_checkpoint.pth")):
                 continue
-            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIGS[group], "--output-dir", out]
+            cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIGS[group], "--out", out]
             cmd.append(f"train.dataset_path={dataset_path(CONFIGS[group], plates_dir)}")
             if args.epochs is not None:
                 cmd.append(f"optim.epochs={args.epochs}")
@@ -172,7 +172,7 @@ def profiles(args, plates_dir: str, runs: dict[str, str], out: str, elapsed: dic
     cp_out = os.path.join(out, "cellprofiler")
     cmd = [sys.executable, "-m", "dinov2_cell.profiles.cellprofiler", "--data-root", plates_dir, "--out", cp_out]
     cmd += ["--families", ",".join(CP_FAMILIES), "--correlations", ",".join(CP_CORRELATIONS)]
-    cmd += ["--sites-per-well", str(args.cp_sites_per_well), "--num-workers", str(args.num_workers), "--no-progress"]
+    cmd += ["--max-sites-per-well", str(args.cp_sites_per_well), "--num-workers", str(args.num_workers), "--no-progress"]
     os.makedirs(out, exist_ok=True)
     _run(cmd, os.path.join(out, "cellprofiler.log"))
     paths["cellprofiler"] = os.path.join(cp_out, "profiles.parquet")

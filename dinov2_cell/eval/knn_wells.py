@@ -432,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--feature-select",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="pycytominer feature selection (the JUMP recipe's operations) after normalising",
     )
     g.add_argument(

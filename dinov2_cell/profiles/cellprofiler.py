@@ -28,7 +28,7 @@ selection; the merged table has no NaN.
 
 Bad sites are skipped and counted per reason in the plate's ``stats.json`` (an empty site: no nucleus; a saturated
 channel; a blank channel; an unreadable file, whose error names the site); a well whose sites are all skipped is
-left out and counted. ``--on-bad-site error`` stops at the first one instead, naming the site.
+left out and counted. ``--on-error raise`` stops at the first one instead, naming the site.
 
 ``--sites-per-well N`` measures only the first N sites of each well (in site-number order, among the sites present)
 when the full plate would cost too much (the demo); the limit is part of the run's recorded settings.
@@ -92,6 +92,16 @@ def _diameter(value: str) -> tuple[float, float]:
     return lo, hi
 
 
+class _OldBadSitePolicy(argparse.Action):
+    """``--on-bad-site {skip,error}`` (old spelling) -> ``--on-error {skip,raise}``."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, choices=BAD_SITE_POLICIES, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, "raise" if values == "error" else "skip")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m dinov2_cell.profiles.cellprofiler``."""
     p = argparse.ArgumentParser(
@@ -126,12 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"colocalization measures of the correlation family, from {','.join(CORRELATIONS)} (costes is slow)",
     )
     g.add_argument(
-        "--sites-per-well",
+        "--max-sites-per-well",
+        dest="max_sites_per_well",
         type=positive_int,
         default=None,
         metavar="N",
         help="measure only the first N sites of each well, in site order (default: all sites)",
     )
+    # Old spelling, kept hidden for one release: embed's --sites-per-well is a grid layout.
+    g.add_argument("--sites-per-well", dest="max_sites_per_well", type=positive_int, help=argparse.SUPPRESS)
     g.add_argument("--normalize", choices=NORMALIZE_METHODS, default="mad_robustize", help="per-plate, DMSO reference")
     g.add_argument(
         "--control-query",
@@ -141,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "'negcon' when the metadata has that column, else Metadata_pert_iname == 'DMSO' or an empty "
         "Metadata_broad_sample",
     )
-    g.add_argument("--on-bad-site", choices=BAD_SITE_POLICIES, default="skip", help="empty/saturated/unreadable site")
+    g.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="skip",
+        help="an empty, saturated or unreadable site: skip it (counted) or stop naming it",
+    )
+    g.add_argument("--on-bad-site", dest="on_error", action=_OldBadSitePolicy, help=argparse.SUPPRESS)
     g.add_argument("--metadata", default=None, help="per-well metadata CSV/Parquet (default: packaged CPJUMP1)")
     g.add_argument("--submission", action="store_true", help="also write DIR/submission.csv")
     # SLURM arrays (slurm/launch.sh cellprofiler): the same spellings as embed's.
@@ -171,8 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         measure=MeasureSettings(families=tuple(args.families), correlations=tuple(args.correlations)),
         recipe=RecipeSettings(normalize=args.normalize, control_query=args.control_query),
         num_workers=args.num_workers,
-        on_bad_site=args.on_bad_site,
-        sites_per_well=args.sites_per_well,
+        on_bad_site="error" if args.on_error == "raise" else "skip",
+        sites_per_well=args.max_sites_per_well,
         progress=not args.no_progress,
     )
     if not os.path.exists(args.data_root):

@@ -19,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser of ``python -m dinov2_cell.report``."""
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Training report of a run folder (the --output-dir of python -m dinov2_cell.run.train): loss "
+        description="Training report of a run folder (the --out of python -m dinov2_cell.run.train): loss "
         "curves, teacher health (entropies, RankMe), the in-training kNN probe when it ran, and the log's warnings. "
         "Reads training_metrics.json and logs/log.txt; a run still writing them is fine (rerun to refresh). For an "
         "evaluation report of profiles use python -m dinov2_cell.eval.knn_wells PROFILES --report DIR.",

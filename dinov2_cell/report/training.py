@@ -1,6 +1,6 @@
 """Training curves of any run folder: what `training_metrics.json` and the log hold, read while the run writes them.
 
-Sources, in the run folder (``--output-dir`` of ``python -m dinov2_cell.run.train``):
+Sources, in the run folder (``--out`` of ``python -m dinov2_cell.run.train``):
 
 * ``training_metrics.json``: one JSON object per logged iteration (upstream's ``MetricLogger``: every 10 iterations
   and the last), with the losses, the schedules and, when computed, the ``health_*`` and ``probe_*`` values. A line
@@ -211,7 +211,7 @@ def read_training(run_dir: str, log: str | None = None) -> TrainingLog:
     if not os.path.isfile(metrics) and log is None:
         raise FileNotFoundError(
             f"{run_dir}: no {METRICS_FILE} and no log ({' or '.join(LOG_FILES)}); is it a training run's "
-            "--output-dir, and has its first iteration been logged?"
+            "--out, and has its first iteration been logged?"
         )
     health: dict[int, dict] = {}
     probe: dict[int, dict] = {}

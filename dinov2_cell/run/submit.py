@@ -4,7 +4,7 @@ The task is a callable object with `checkpoint()`: when SLURM preempts or times 
 `slurm_signal_delay_s` before the end), the training first finishes the iteration in progress and every rank saves
 it (`dinov2_cell.train.checkpoint`, which also states the signal/file/exit-status contract); then submitit's handler
 calls `checkpoint()`, resubmits a fresh task with the same arguments and requeues the job. The new job finds the
-checkpoints in `--output-dir` and resumes exactly where the old one stopped (`do_train(..., resume=True)`), and the
+checkpoints in `--out` and resumes exactly where the old one stopped (`do_train(..., resume=True)`), and the
 output-dir check accepts it because the config is the same.
 """
 
@@ -16,7 +16,7 @@ import os
 
 logger = logging.getLogger("dinov2_cell")
 
-SUBMITIT_DIR = "submitit"  # inside --output-dir; ignored when deciding whether the output dir is empty
+SUBMITIT_DIR = "submitit"  # inside --out; ignored when deciding whether the output dir is empty
 
 
 def slurm_time_minutes(value: str) -> int:

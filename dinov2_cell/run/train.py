@@ -4,9 +4,9 @@
 or a path to a yaml file. Bad input prints one `error: ...` line and exits with status 2 (`--debug`: traceback).
 
 Examples:
-    python -m dinov2_cell.run.train --config-file tiny_cpu_fluo --output-dir runs/fluo
-    torchrun --nproc_per_node 4 -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --output-dir D
-    python -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --output-dir D --slurm \\
+    python -m dinov2_cell.run.train --config-file tiny_cpu_fluo --out runs/fluo
+    torchrun --nproc_per_node 4 -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --out D
+    python -m dinov2_cell.run.train --config-file cpjump1_vits14_fluo --out D --slurm \\
         --nodes 1 --gpus-per-node 4 --partition gpu --time 48:00:00
     python -m dinov2_cell.run.train ... optim.epochs=10 train.batch_size_total=256   # key=value overrides
     python -m dinov2_cell.run.train ... train.batch_size_total=null train.batch_size_per_gpu=16   # opt out

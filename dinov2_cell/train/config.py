@@ -158,11 +158,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="experiment config: a packaged config's name (e.g. cpjump1_vits14_fluo) or a yaml file (overrides only)",
     )
     parser.add_argument(
-        "--output-dir",
-        "--output_dir",
+        "--out",
+        dest="output_dir",
         default="",
-        help="where logs, config.yaml, checkpoints and eval/*/teacher_checkpoint.pth go (default: ./output)",
+        metavar="DIR",
+        help="run folder: logs, config.yaml, checkpoints and eval/*/teacher_checkpoint.pth (default: ./output)",
     )
+    # Upstream's spelling, kept hidden for one release: every other command writes to --out.
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", help=argparse.SUPPRESS)
     parser.add_argument(
         "--data-root",
         default=None,
@@ -170,7 +173,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="dataset root: sets root= of train.dataset_path (instead of the paper configs' $CPJUMP1_ROOT); Cell "
         "Painting Gallery layout (LoadData CSVs / Phenix folders) or a prepared store",
     )
-    parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --output-dir")
+    parser.add_argument("--no-resume", action="store_true", help="do not resume from checkpoints in --out")
     parser.add_argument("--seed", type=int, default=0, help="random seed (each rank adds its rank)")
     parser.add_argument("opts", nargs="*", default=[], help="config overrides, key=value ... (anywhere on the line)")
     return parser
@@ -476,14 +479,14 @@ def check_output_dir(cfg: DictConfig, output_dir: str) -> bool:
     if not os.path.isfile(saved_path):
         raise FileExistsError(
             f"output dir {output_dir!r} is not empty and holds no config.yaml of an earlier run; "
-            "choose a new --output-dir (nothing there was touched)"
+            "choose a new --out (nothing there was touched)"
         )
     saved = OmegaConf.load(saved_path)
     differing = _diff(_comparable(saved), _comparable(cfg))
     if differing:
         raise FileExistsError(
             f"output dir {output_dir!r} holds a run with a different config (keys: {', '.join(differing[:10])}); "
-            "resume with the same config or choose a new --output-dir"
+            "resume with the same config or choose a new --out"
         )
     return True
 

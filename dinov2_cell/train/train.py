@@ -18,7 +18,7 @@ import torch
 from dinov2_cell.data.registry import discard_target
 from dinov2_cell.plugin import bind_training_run, import_upstream, install
 from dinov2_cell.train import health, probe
-from dinov2_cell.train.checkpoint import preemption_signals
+from dinov2_cell.train.checkpoint import attach_metric_logger, install_hooks, preemption_signals
 from dinov2_cell.train.config import apply_batch_size_total, effective_batch_message
 from dinov2_cell.train.config import get_args_parser, prepare_config, write_config  # noqa: F401  (re-exported)
 from dinov2_cell.train.local_aggregation import LocalAggregationMetaArch
@@ -65,14 +65,31 @@ def plug_cell_components(cfg, dataset, do_local_aggregation: bool, metric_logger
     from dinov2_cell.augment.cell_augmentation import loader_augmentation
 
     augmentation = loader_augmentation(cfg, other_site_view=do_local_aggregation)  # same parameters as the device side
-    bind_training_run(augmentation=augmentation, dataset=dataset, metric_logger=metric_logger)
+    bind_training_run(augmentation=augmentation, dataset=dataset, metric_logger=_resumable(metric_logger))
     return dataset
+
+
+def _resumable(factory):
+    """The metric logger `factory` (None: upstream's) whose meters go into every exact-resume checkpoint."""
+
+    def make(*args, **kwargs):
+        if factory is None:
+            from dinov2.logging import MetricLogger
+
+            metric_logger = MetricLogger(*args, **kwargs)
+        else:
+            metric_logger = factory(*args, **kwargs)
+        attach_metric_logger(metric_logger)
+        return metric_logger
+
+    return make
 
 
 def main(args) -> str:
     """Trains and returns the path of the final teacher checkpoint."""
     install()
     upstream_train = import_upstream("dinov2.train.train")
+    install_hooks(upstream_train)  # exact-resume checkpointers and loader (dinov2_cell.train.checkpoint)
     cfg = prepare_config(args)
     dataset = build_training_dataset(cfg, transform=None)  # wrong channels/paths fail before anything is written
     setup(args, cfg)

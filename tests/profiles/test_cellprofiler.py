@@ -303,7 +303,7 @@ def test_cli_end_to_end_resume_and_bad_input(tiny_plates, tmp_path):
     r3 = subprocess.run(changed, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r3.returncode == 2 and "error:" in r3.stderr and "differ" in r3.stderr
     # a site limit is part of the recorded settings: the full-plate folder is not reused for it
-    fewer = cmd[:-1] + ["--sites-per-well", "1", "--no-progress"]
+    fewer = cmd[:-1] + ["--max-sites-per-well", "1", "--no-progress"]
     r5 = subprocess.run(fewer, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r5.returncode == 2 and "differ" in r5.stderr and "sites_per_well" in r5.stderr
     r4 = subprocess.run(

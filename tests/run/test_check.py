@@ -59,7 +59,7 @@ def test_check_opens_the_data_of_the_resolved_dataset_string(plates, tmp_path, r
     # the reference count: one LoadData row per site
     sites = sum(len(pd.read_csv(f)) for f in glob.glob(os.path.join(plates, "load_data_csv", "*", "*", "*.csv")))
     out = tmp_path / "run"
-    base = ["--check", "--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out)]
+    base = ["--check", "--config-file", "cpjump1_vits14_fluo", "--out", str(out)]
     proc = _run(base + ["--data-root", plates], cwd=tmp_path)  # the real entry point once
     assert proc.returncode == 0, proc.stderr
     assert f"data CPJUMP1: 2 plate(s), {sites} sites, channels DNA,ER,RNA,AGP,Mito (= student.in_chans)" in proc.stdout
@@ -81,7 +81,7 @@ def test_check_opens_the_data_of_the_resolved_dataset_string(plates, tmp_path, r
 def test_unset_root_and_long_warmups_are_one_line_for_check_and_for_a_run(plates, tmp_path, run_here):
     out = tmp_path / "run"
     for check in (["--check"], []):
-        args = check + ["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out)]
+        args = check + ["--config-file", "cpjump1_vits14_fluo", "--out", str(out)]
         # a real run through the real entry point once; the other cases in this process
         message = _one_error_line((run_here if check else _run)(args, cwd=tmp_path))
         assert message == (

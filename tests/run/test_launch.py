@@ -14,7 +14,7 @@ from helpers import REPO, child_env
 LAUNCH = os.path.join(REPO, "slurm", "launch.sh")
 PLATES = "BR00116991,BR00116992,BR00116995"
 WELLS = "A02,F06,K06,B09"  # DMSO and compound wells of the packaged plate map (the recipe needs DMSO per plate)
-CP_OPTS = ["--families", "intensity", "--sites-per-well", "1", "--nucleus-diameter", "6,20"]
+CP_OPTS = ["--families", "intensity", "--max-sites-per-well", "1", "--nucleus-diameter", "6,20"]
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def _launch_slurm_flags():
 def test_help_shows_one_slurm_vocabulary_shared_with_launch_sh():
     proc = _train(["--help"])
     assert proc.returncode == 0
-    for flag in ("--config-file", "--output-dir", "--debug", "--slurm", "--gpus-per-node", "--time"):
+    for flag in ("--config-file", "--out", "--debug", "--slurm", "--gpus-per-node", "--time"):
         assert flag in proc.stdout
     shared = _launch_slurm_flags()
     assert {"--partition", "--account", "--time", "--nodes", "--gpus-per-node", "--cpus-per-gpu"} <= set(shared)
@@ -90,13 +90,13 @@ def test_slurm_defaults_units_and_old_spellings():
 
 def test_bad_input_is_one_error_line_and_exit_2_from_any_directory(tmp_path):
     out = tmp_path / "run"
-    proc = _train(["--config-file", "no_such_config", "--output-dir", str(out)], cwd=tmp_path)
+    proc = _train(["--config-file", "no_such_config", "--out", str(out)], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("python -m dinov2_cell.run.train: error: --config-file:"), lines
     assert "cpjump1_vits14_fluo" in lines[0] and "tiny_cpu_bf" in lines[0]  # the available names
     # a packaged config by name, from another directory: it is found, then the unknown key is the error
-    proc = _train(["--config-file", "tiny_cpu_fluo", "--output-dir", str(out), "optim.epoch=3"], cwd=tmp_path)
+    proc = _train(["--config-file", "tiny_cpu_fluo", "--out", str(out), "optim.epoch=3"], cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "unknown config key 'optim.epoch'" in proc.stderr
     proc = _train(["--config-file", "configs/tiny_cpu_fluo.yaml", "optim.epoch=3", "--debug"], cwd=tmp_path)
@@ -107,7 +107,7 @@ def test_bad_input_is_one_error_line_and_exit_2_from_any_directory(tmp_path):
 def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_path):
     out = tmp_path / "run"
     # the packaged config by name, run from another directory
-    proc = _train(["--config-file", "tiny_cpu_bf", "--output-dir", str(out), *_opts(plates, "bf")], cwd=tmp_path)
+    proc = _train(["--config-file", "tiny_cpu_bf", "--out", str(out), *_opts(plates, "bf")], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "eval" / "final" / "teacher_checkpoint.pth").is_file()
     rows = [json.loads(line) for line in open(out / "training_metrics.json")]
@@ -119,7 +119,7 @@ def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_p
 
     # the same dir with another config: refused, and nothing in it changes
     before = {p: p.stat().st_mtime for p in out.rglob("*")}
-    proc = _train(["--config-file", TINY_BF, "--output-dir", str(out), *_opts(plates, "bf", epochs=3)])
+    proc = _train(["--config-file", TINY_BF, "--out", str(out), *_opts(plates, "bf", epochs=3)])
     assert proc.returncode == 2 and "optim.epochs" in proc.stderr
     assert {p: p.stat().st_mtime for p in out.rglob("*")} == before
 
@@ -127,16 +127,16 @@ def test_trains_writes_config_and_teacher_and_refuses_foreign_dirs(plates, tmp_p
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    proc = _train(["--config-file", TINY_BF, "--output-dir", str(other), *_opts(plates, "bf")])
+    proc = _train(["--config-file", TINY_BF, "--out", str(other), *_opts(plates, "bf")])
     assert proc.returncode == 2 and "not empty" in proc.stderr
     assert sorted(os.listdir(other)) == ["notes.txt"]
 
 
 def test_bad_key_and_channel_mismatch_fail_before_writing(plates, tmp_path):
     out = tmp_path / "run"
-    proc = _train(["--config-file", TINY_FLUO, "--output-dir", str(out), *_opts(plates), "optim.epoch=3"])
+    proc = _train(["--config-file", TINY_FLUO, "--out", str(out), *_opts(plates), "optim.epoch=3"])
     assert proc.returncode == 2 and "unknown config key 'optim.epoch'" in proc.stderr
-    proc = _train(["--config-file", TINY_FLUO, "--output-dir", str(out), *_opts(plates, "bf")])
+    proc = _train(["--config-file", TINY_FLUO, "--out", str(out), *_opts(plates, "bf")])
     assert proc.returncode == 2
     assert "student.in_chans is 5" in proc.stderr and "3-channel" in proc.stderr
     assert not out.exists() or not os.listdir(out)
@@ -145,7 +145,7 @@ def test_bad_key_and_channel_mismatch_fail_before_writing(plates, tmp_path):
 def test_killed_run_resumes_at_the_next_iteration(plates, tmp_path):
     out = tmp_path / "run"
     # checkpoint period = 3 epochs x 4 iterations: a checkpoint at iteration 11, 23, ...; 100 epochs never finish here
-    args = ["--config-file", TINY_FLUO, "--output-dir", str(out), *_opts(plates, epochs=100)]
+    args = ["--config-file", TINY_FLUO, "--out", str(out), *_opts(plates, epochs=100)]
     env = child_env(OMP_NUM_THREADS=2)
     proc = subprocess.Popen(TRAIN + args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / "last_checkpoint.rank_0"
@@ -179,7 +179,7 @@ def test_submitit_local_executor(plates, tmp_path):
         [
             "--config-file",
             TINY_FLUO,
-            "--output-dir",
+            "--out",
             str(out),
             *_opts(plates, epochs=1),
             "--slurm",
@@ -260,7 +260,7 @@ def test_a_few_dozen_iterations_lower_the_loss(plates, tmp_path):
         "optim.epochs=2",
         "dino.center_momentum=0.9",
     ]
-    proc = _train(["--config-file", TINY_FLUO, "--output-dir", str(out), *opts])
+    proc = _train(["--config-file", TINY_FLUO, "--out", str(out), *opts])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(out / "training_metrics.json")]
     assert [r["iteration"] for r in rows] == [0, 10, 19]

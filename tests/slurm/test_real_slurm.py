@@ -108,7 +108,7 @@ def plates(tmp_path_factory):
 
 def _submit_train(out, plates):
     """`run.train --slurm` on one count-only GPU; returns the job id it prints."""
-    cmd = [PYTHON, "-m", "dinov2_cell.run.train", "--config-file", "tiny_cpu_fluo", "--output-dir", str(out)]
+    cmd = [PYTHON, "-m", "dinov2_cell.run.train", "--config-file", "tiny_cpu_fluo", "--out", str(out)]
     cmd += [f"train.dataset_path=CPJUMP1:root={plates}:channels=fluo", "optim.epochs=3"]
     cmd += ["train.OFFICIAL_EPOCH_LENGTH=4", "train.batch_size_per_gpu=4"]
     cmd += ["health.period_iterations=1", "health.probe_sites=8"]  # a log line after every step

@@ -145,15 +145,15 @@ def test_world_size_known_before_launch_and_refusal_before_anything_is_written(t
 
     out = tmp_path / "run"
     monkeypatch.setenv("CPJUMP1_ROOT", "/data")  # the paper configs' dataset root (prepare_config refuses it unset)
-    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "--slurm", "--gpus-per-node", "3"])
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--out", str(out), "--slurm", "--gpus-per-node", "3"])
     with pytest.raises(ValueError, match="does not divide over 3"):
         prepare_config(args)
     # a per-GPU batch on the command line would be replaced silently: refused, with the opt-out named
-    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "train.batch_size_per_gpu=16"])
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--out", str(out), "train.batch_size_per_gpu=16"])
     with pytest.raises(ValueError, match=r"train.batch_size_per_gpu=16 has no effect .* train.batch_size_total=null"):
         prepare_config(args)
     assert not out.exists()
-    args = parse(["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "train.batch_size_per_gpu=16"])
+    args = parse(["--config-file", "cpjump1_vits14_fluo", "--out", str(out), "train.batch_size_per_gpu=16"])
     args.opts.append("train.batch_size_total=null")
     assert prepare_config(args).train.batch_size_per_gpu == 16
 
@@ -171,7 +171,7 @@ def test_resume_on_another_gpu_count_with_the_same_total_is_the_same_run(tmp_pat
 
 def test_cli_refuses_an_indivisible_total_in_one_line_before_submitting(tmp_path):
     out = tmp_path / "run"
-    argv = ["--config-file", "cpjump1_vits14_fluo", "--output-dir", str(out), "--slurm", "--gpus-per-node", "3"]
+    argv = ["--config-file", "cpjump1_vits14_fluo", "--out", str(out), "--slurm", "--gpus-per-node", "3"]
     proc = subprocess.run(
         [PYTHON, "-m", "dinov2_cell.run.train", *argv], cwd=tmp_path, env=child_env(), capture_output=True, text=True
     )

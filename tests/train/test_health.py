@@ -151,7 +151,7 @@ def _train(plates, out, *opts):
     args = [
         "--config-file",
         TINY_FLUO,
-        "--output-dir",
+        "--out",
         str(out),
         f"train.dataset_path=CPJUMP1:root={plates}:channels=fluo:normalize=plate",
         "train.OFFICIAL_EPOCH_LENGTH=10",

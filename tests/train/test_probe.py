@@ -68,7 +68,7 @@ def _train(plates, out, *opts, env=None):
     args = [
         "--config-file",
         TINY_FLUO,
-        "--output-dir",
+        "--out",
         str(out),
         f"train.dataset_path=CPJUMP1:root={plates}:channels=fluo:normalize=percentile",
         "optim.epochs=1",

@@ -60,7 +60,7 @@ def _worker(record, out, opts, stop_at=-1, how="crash", stop_rank=-1, nproc=1):
     cmd = [PYTHON]
     if nproc > 1:
         cmd += ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}"]
-    cmd += [WORKER, str(record), str(stop_at), how, str(stop_rank), "--", *opts, "--output-dir", str(out)]
+    cmd += [WORKER, str(record), str(stop_at), how, str(stop_rank), "--", *opts, "--out", str(out)]
     env = child_env(OMP_NUM_THREADS=1)
     return subprocess.run(
         cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
@@ -160,7 +160,7 @@ def test_sigusr2_saves_the_current_iteration_and_the_resumed_run_equals_the_cont
 
     out = tmp_path / "run"
     env = child_env(OMP_NUM_THREADS=1)
-    cmd = TRAIN + opts + ["--output-dir", str(out)]
+    cmd = TRAIN + opts + ["--out", str(out)]
     log = open(tmp_path / "first.log", "w+")  # a file, not a pipe: an unread pipe could block the run
     first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     marker = out / "last_checkpoint.rank_0"  # the periodic checkpoint of iteration 2: the run is mid-way
