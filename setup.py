@@ -45,5 +45,6 @@ setup(
         "xformers": ["xformers"],
         "fast": ["numba>=0.60"],  # one compiled pass for site normalisation (dinov2_cell.data.fused)
         "test": ["pytest>=8"],
+        "tensorboard": ["tensorboard"],  # monitoring.tensorboard: scalars beside training_metrics.json
     },
 )

@@ -166,14 +166,19 @@ set -euo pipefail
 configs=($(quote "$fluo_config" "$bf_config"))
 names=(fluo bf)
 i=\$SLURM_ARRAY_TASK_ID
-# 120 s before the time limit SLURM signals this shell (B:USR1): requeue; the new run resumes from the checkpoint.
-trap 'echo \"requeuing before the time limit\"; scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"' USR1
+# 120 s before the time limit or on preemption SLURM sends USR2 to the training processes: they checkpoint the
+# current iteration and exit 75; the task is then requeued and the new run resumes exactly there.
+status=0
 srun --kill-on-bad-exit=1 $(quote "$python") -m dinov2_cell.run.train --config-file \"\${configs[\$i]}\" \\
-  --out $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) $(quote ${root_arg[@]+"${root_arg[@]}"}) &
-wait \$!"
+  --out $(quote "$output_root")/\${names[\$i]} $(quote ${extra[@]+"${extra[@]}"}) $(quote ${root_arg[@]+"${root_arg[@]}"}) || status=\$?
+if [ \"\$status\" = 75 ]; then
+  echo \"checkpointed on the signal; requeuing\"
+  scontrol requeue \"\${SLURM_ARRAY_JOB_ID}_\${SLURM_ARRAY_TASK_ID}\"
+fi
+exit \"\$status\""
   jid=$(submit "$script" "${common[@]}" --job-name=dinov2_cell_train --array=0-1 --nodes="$nodes" \
     --ntasks-per-node="$gpus" --gpus-per-node="$gpus" --cpus-per-task="$cpus" --time="${time_limit:-48:00:00}" \
-    --requeue --signal=B:USR1@120)
+    --requeue --signal=USR2@120)
   echo "train array job: $jid (task 0 = fluo -> $output_root/fluo, task 1 = bf -> $output_root/bf)"
   exit 0
 fi

@@ -175,17 +175,21 @@ def test_usr2_requeues_and_resumes_losing_at_most_one_iteration(train_jobs):
 @pytest.fixture(scope="module")
 def launched_training(plates, tmp_path_factory):
     """`slurm/launch.sh train` (the fluo + bf array) with the tiny configs, whose dataset path is
-    demo_output/plates relative to the directory the jobs start in."""
+    demo_output/plates relative to the directory the jobs start in. The fluo task gets USR2 mid-run (what the
+    script's `--signal=USR2@120` sends before its time limit)."""
     work = tmp_path_factory.mktemp("slurm_launch")
     os.makedirs(work / "demo_output")
     os.symlink(plates, work / "demo_output" / "plates")
     cmd = ["bash", LAUNCH, "train", "--output-root", str(work / "runs"), "--fluo-config", "tiny_cpu_fluo"]
     cmd += ["--bf-config", "tiny_cpu_bf", "--gpus-per-node", "1", "--cpus-per-gpu", "1", "--time", "10"]
     cmd += ["--python", PYTHON, "--logs", str(work / "logs"), "--"]
-    cmd += ["optim.epochs=1", "train.OFFICIAL_EPOCH_LENGTH=4", "train.batch_size_per_gpu=4"]
+    cmd += ["optim.epochs=3", "train.OFFICIAL_EPOCH_LENGTH=4", "train.batch_size_per_gpu=4"]
+    cmd += ["health.period_iterations=1", "health.probe_sites=8"]
     proc = subprocess.run(cmd, cwd=work, env=job_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     job = re.search(r"train array job: (\d+)", proc.stdout).group(1)
+    wait_for_line(work / "runs" / "fluo" / "logs" / "log.txt", r"health \[2\]", job)
+    subprocess.run(["scancel", "--signal=USR2", f"{job}_0"], check=True)  # to the job steps, not the batch shell
     return work, job, wait_for_jobs([job])
 
 
@@ -201,8 +205,15 @@ def test_launch_sh_train_array_on_slurm(launched_training):
         assert f"channels={name}" in (run / "config.yaml").read_text()
         log = (run / "logs" / "log.txt").read_text()
         assert "effective batch 4 = 1 process (GPUs)" in log and "Starting training from iteration 0" in log
-        assert len(HEALTH_LINE.findall(log)) >= 1  # trained to its last iteration (3)
-        assert "health [3]" in log, name
+        assert f"health [{ITERATIONS - 1}]" in log, name  # trained to its last iteration
+        starts = [int(n) for n in START_LINE.findall(log)]
+        if name == "bf":
+            assert starts == [0] and task["Restarts"] == "0", (starts, task)
+            continue
+        # fluo: checkpointed on USR2, exited 75, requeued by the script, resumed losing at most one iteration
+        assert task["Restarts"] == "1" and len(starts) == 2 and starts[0] == 0, (starts, task)
+        done = [int(n) for n in HEALTH_LINE.findall(log.split("Starting training from iteration")[1])]
+        assert 2 <= max(done) < ITERATIONS - 1 and 0 <= max(done) + 1 - starts[1] <= 1, (done, starts)
 
 
 def test_launch_sh_embed_array_and_afterok_merge_on_slurm(launched_training, plates, tmp_path):
