@@ -88,7 +88,7 @@ class SeedPipeline:
             config, extra, keys = TRAININGS[name]
             cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", config, "--out", out]
             cmd += ["--seed", str(self.seed), *self._overrides(config, keys), *extra]
-            demo._run(cmd, os.path.join(self.runs_dir, f"{name}.log"))
+            demo.run_logged(cmd, os.path.join(self.runs_dir, f"{name}.log"))
         _log_step(f"seed {self.seed}: model {name}", t0, self.timings)
         return out
 

@@ -290,7 +290,7 @@ class SeedRun(SeedPipeline):
         else:
             cmd = [sys.executable, "-m", "dinov2_cell.run.train", "--config-file", CONFIG, "--out", out]
             cmd += ["--seed", str(self.seed), *overrides, *extra]
-            demo._run(cmd, os.path.join(self.runs_dir, f"{arm}.log"))
+            demo.run_logged(cmd, os.path.join(self.runs_dir, f"{arm}.log"))
         self._time(f"model {arm}", t0)
         return out
 
@@ -745,7 +745,9 @@ def main(argv=None) -> int:
                 procs.append(subprocess.Popen(cmd))
             codes = [p.wait() for p in procs]
             if any(codes):
-                print(f"[primary] a worker failed (exit codes {codes}); rerun to resume", flush=True)
+                # the finished seeds are reported; a rerun resumes the others
+                path = write_report(args)
+                raise RuntimeError(f"a worker failed (exit codes {codes}); finished seeds in {path}; rerun to resume")
         else:
             for seed in args.seeds:
                 run_seed(args, seed)

@@ -33,6 +33,7 @@ from dinov2_cell.demo.steps import (
     probe_period,
     profiles,
     random_init_run,
+    run_logged,
     train,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "probe_period",
     "profiles",
     "random_init_run",
+    "run_logged",
     "read_health",
     "report",
     "run_demo",

@@ -26,7 +26,16 @@ CP_CORRELATIONS = ("pearson", "manders_fold", "rwc")
 DEMO_PLATES = ("BR00116995", "BR00117010", "BR00116991", "BR00117015")
 
 
-def _run(cmd: list[str], log_path: str) -> None:
+def run_logged(cmd: list[str], log_path: str) -> None:
+    """Runs a command from the repository root with its output appended to ``log_path``.
+
+    Args:
+        cmd: the command line.
+        log_path: the log file (appended to).
+
+    Raises:
+        RuntimeError: the command failed; the message holds the last 30 lines of its log.
+    """
     logger.info("$ %s", " ".join(cmd))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     with open(log_path, "a") as log:
@@ -88,7 +97,7 @@ def train(args, plates_dir: str, runs_dir: str) -> dict[str, str]:
             if (group, variant) == ("fluo", "la"):  # teacher checkpoints along the run for the kNN probe curve
                 cmd.append(f"evaluation.eval_period_iterations={probe_period(args, CONFIGS[group])}")
             t0 = time.time()
-            _run(cmd, os.path.join(runs_dir, f"{group}_{variant}.log"))
+            run_logged(cmd, os.path.join(runs_dir, f"{group}_{variant}.log"))
             logger.info("trained %s in %.0f s", out, time.time() - t0)
     return runs
 
@@ -172,9 +181,15 @@ def profiles(args, plates_dir: str, runs: dict[str, str], out: str, elapsed: dic
     cp_out = os.path.join(out, "cellprofiler")
     cmd = [sys.executable, "-m", "dinov2_cell.profiles.cellprofiler", "--data-root", plates_dir, "--out", cp_out]
     cmd += ["--families", ",".join(CP_FAMILIES), "--correlations", ",".join(CP_CORRELATIONS)]
-    cmd += ["--max-sites-per-well", str(args.cp_sites_per_well), "--num-workers", str(args.num_workers), "--no-progress"]
+    cmd += [
+        "--max-sites-per-well",
+        str(args.cp_sites_per_well),
+        "--num-workers",
+        str(args.num_workers),
+        "--no-progress",
+    ]
     os.makedirs(out, exist_ok=True)
-    _run(cmd, os.path.join(out, "cellprofiler.log"))
+    run_logged(cmd, os.path.join(out, "cellprofiler.log"))
     paths["cellprofiler"] = os.path.join(cp_out, "profiles.parquet")
     logger.info("profiles cellprofiler: %s (%.0f s)", paths["cellprofiler"], time.time() - t0)
     if elapsed is not None:
