@@ -300,6 +300,25 @@ def add_legacy_aliases(parser: argparse.ArgumentParser, root: bool = False, work
         parser.add_argument("--workers", dest="num_workers", type=non_negative_int, help=argparse.SUPPRESS)
 
 
+def rename_flags(argv: Sequence[str], renames: dict[str, str]) -> list[str]:
+    """Old flag spellings rewritten to the new ones before parsing (``--root X``/``--root=X`` -> ``--data-root X``).
+
+    Used where the new flag is required: argparse would not count a separate hidden alias as giving it.
+
+    Args:
+        argv: the command line.
+        renames: old spelling -> new spelling.
+
+    Returns:
+        The rewritten command line.
+    """
+    out = []
+    for a in argv:
+        name, eq, value = a.partition("=")
+        out.append(renames[name] + eq + value if a.startswith("--") and name in renames else a)
+    return out
+
+
 def join_space_separated(argv: Sequence[str], flag: str = "--plates") -> list[str]:
     """Old spelling ``--plates A B C`` -> ``--plates A,B,C`` (values up to the next ``-`` token are joined).
 

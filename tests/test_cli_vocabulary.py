@@ -135,3 +135,19 @@ def test_old_spellings_still_parse_to_the_new_meaning():
     assert PARSERS["train"].parse_args(["--output-dir", "runs/a"]).output_dir == "runs/a"
     assert PARSERS["train"].parse_args(["--out", "runs/b"]).output_dir == "runs/b"
     assert PARSERS["knn_wells"].parse_args(["p.parquet", "--no-feature-select"]).feature_select is False
+
+
+@pytest.mark.parametrize("command", ["prepare", "baseline", "cellprofiler"])
+def test_required_data_root_is_shown_as_required(command):
+    parser = PARSERS[command]
+    assert "--data-root DIR" in parser.format_usage() and "[--data-root DIR]" not in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "o"])
+
+
+def test_old_root_spelling_is_rewritten_before_parsing():
+    from dinov2_cell.cli import rename_flags
+
+    renames = {"--root": "--data-root"}
+    assert rename_flags(["--root", "d", "--out", "o"], renames) == ["--data-root", "d", "--out", "o"]
+    assert rename_flags(["--root=d", "--rooted", "x"], renames) == ["--data-root=d", "--rooted", "x"]

@@ -28,10 +28,10 @@ from dinov2_cell.columns import PLATE
 from dinov2_cell.cli import (
     HelpFormatter,
     UsageError,
-    add_legacy_aliases,
     common_parser,
     data_parser,
     output_parser,
+    rename_flags,
     run_main,
     setup_logging,
     workers_parser,
@@ -140,13 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(one uint16 .npy per plate + index + per-site percentiles); resumable per plate.",
         formatter_class=HelpFormatter,
         parents=[
-            data_parser(required=False, plates_help="comma-separated barcodes (default: every plate found)"),
+            data_parser(plates_help="comma-separated barcodes (default: every plate found)"),
             output_parser(help="store folder to create or resume"),
             workers_parser(0),
             common_parser(),
         ],
     )
-    add_legacy_aliases(p, root=True)
     g = p.add_argument_group("conversion")
     g.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
     g.add_argument("--source", default="auto", choices=idx.SOURCES, help="index plates from CSVs, folders, or both")
@@ -164,10 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit status 0 (bad input raises; :func:`cli` turns it into one ``error:`` line and status 2).
     """
+    argv = rename_flags(sys.argv[1:] if argv is None else argv, {"--root": "--data-root"})  # old spelling
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    if not args.data_root:
-        raise UsageError("--data-root is required (folder with LoadData CSVs and/or Phenix folders, or a CSV)")
     if args.plates is not None and not args.plates:
         raise UsageError("--plates is empty; give comma-separated barcodes or leave it out for every plate")
     result = prepare_store(

@@ -36,11 +36,11 @@ import pandas as pd
 
 from dinov2_cell.cli import (
     HelpFormatter,
-    UsageError,
     add_legacy_aliases,
     common_parser,
     data_parser,
     output_parser,
+    rename_flags,
     run_main,
     setup_logging,
     workers_parser,
@@ -298,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hand-crafted per-channel intensity/texture well profiles (CellProfiler stand-in).",
         formatter_class=HelpFormatter,
         parents=[
-            data_parser(required=False),
+            data_parser(),
             output_parser(help="output folder (parts/, run_config.json, profiles.parquet)"),
             workers_parser(default=0),
             common_parser(),
@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels", default="all", help="fluo, bf, all, or comma-separated channel names")
     g.add_argument("--stride", type=int, default=None, help="pixel sub-sampling stride (default: max(1, side//512))")
     g.add_argument("--metadata", default=None, metavar="FILE", help="per-well metadata CSV/Parquet (default: packaged)")
-    add_legacy_aliases(p, root=True, workers=True)
+    add_legacy_aliases(p, workers=True)
     return p
 
 
@@ -321,10 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit status.
     """
+    argv = rename_flags(sys.argv[1:] if argv is None else argv, {"--root": "--data-root"})  # old spelling
     args = build_parser().parse_args(argv)
     setup_logging(args.debug)
-    if not args.data_root:
-        raise UsageError("--data-root is required")
     out = args.out
     if out.endswith(".parquet"):  # the old spelling named the output file; kept for one release
         out = out[: -len(".parquet")]
