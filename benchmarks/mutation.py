@@ -53,6 +53,7 @@ MODULES = {
     "profiles/submission.py": [
         "tests/profiles/test_profiles_submission.py",
         "tests/profiles/test_profiles_submission_final.py",
+        "tests/profiles/test_submission_contract.py",
     ],
     "eval/knn_wells.py": [
         "tests/eval/test_eval_knn.py",
