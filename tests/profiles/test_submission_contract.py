@@ -117,6 +117,9 @@ def test_metadata_test_read_as_text_tsv_and_bom(tmp_path):
     tsv.write_text("ID\tplate_barcode\twell_position\n007\tPA\ta1\nNA\tPB\tB012\n")
     out = sub.read_metadata_test(tsv)
     assert out.to_dict("list") == {"ID": ["007", "NA"], PLATE: ["PA", "PB"], WELL: ["A01", "B12"]}
+    # a spreadsheet's TSV export with decimal commas: as many commas as tabs per line, still split on tabs
+    tsv.write_text("ID\tplate\twell\tdose (uM, decimal comma)\n1\tPA\tA01\t1,5\n2\tPA\tA02\t0,5\n")
+    assert sub.read_metadata_test(tsv).to_dict("list") == {"ID": ["1", "2"], PLATE: ["PA", "PA"], WELL: ["A01", "A02"]}
     bom = tmp_path / "mt.csv"
     bom.write_text("ID,Metadata_Plate,Metadata_Well\n1,PA,C3\n", encoding="utf-8-sig")
     assert sub.read_metadata_test(bom).to_dict("list") == {"ID": ["1"], PLATE: ["PA"], WELL: ["C03"]}
@@ -396,10 +399,10 @@ def test_check_final_many_plates_and_ids_listed_with_counts():
 
 def test_check_reads_ids_and_metadata_as_text(tmp_path):
     path = tmp_path / "sub.csv.gz"
-    pd.DataFrame({"ID": ["007", "", "x"], "feature_1": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
-    read = sub.read_submission(path)
-    assert read["ID"].tolist() == ["007", "", "x"]
-    meta = _mt([["007", "PA", "A01"], ["x", "PA", "A02"]])
+    pd.DataFrame({"ID": ["007", "", "12"], "feature_1": [1.0, 2.0, 3.0]}).to_csv(path, index=False)
+    read = sub.read_submission(path)  # number-like IDs stay text, leading zeros kept, also gzipped
+    assert read["ID"].tolist() == ["007", "", "12"]
+    meta = _mt([["007", "PA", "A01"], ["12", "PA", "A02"]])
     assert sub.check_submission(path, metadata_test=meta) == [f"{path}: 1 row(s) with an empty ID, first at line 3"]
     jan = tmp_path / "jan.csv"
     jan.write_text(f"{BROAD},{PLATE},{WELL},feature_0\nBRD-K,0042,A01,1.0\n")
@@ -586,4 +589,18 @@ def test_cli_write_then_validate_in_process(tmp_path, capsys):
         f"{prog}{bad}: 1 missing, infinite or non-numeric feature value(s), first feature_1 at ID i",
         f"{prog}{bad}: 1 duplicated ID(s) (each ID exactly once): i",
         f"{prog}{bad}: 1 ID(s) of {meta} missing; partial plates (missing/expected): PA (1/2)" + PARTIAL,
+    ]
+
+
+def test_check_nullable_feature_columns():
+    # pandas' nullable dtypes (e.g. read_csv(dtype_backend="numpy_nullable")): pd.NA counts as a missing value
+    df = pd.DataFrame(
+        {
+            "ID": ["a", "b"],
+            "feature_1": pd.array([pd.NA, 2], dtype="Int64"),
+            "feature_2": pd.array([1.5, None], dtype="Float64"),
+        }
+    )
+    assert sub.check_submission(df) == [
+        "submission: 2 missing, infinite or non-numeric feature value(s), first feature_1 at ID a"
     ]
