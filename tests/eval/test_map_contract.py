@@ -298,6 +298,9 @@ def test_defaults_and_progress(make_planted, tmp_path, monkeypatch, capsys):
     _same(got, ref, BROAD)
     assert not ref.loc["BRD-007", "below_corrected_p"] and ref["below_corrected_p"].any()
     assert (tmp_path / ".copairs" / "seed0" / "ns10000").is_dir()
+    result = map_scores(df, consistency=False)  # the same defaults through map_scores
+    assert result["config"]["null_size"] == 10000 and capsys.readouterr().err == ""
+    _same(result["activity"]["table"], ref, BROAD)
     cpds = [f"BRD-{i:03d}" for i in range(8)]
     got = consistency_map(df, x)
     assert capsys.readouterr().err == ""
