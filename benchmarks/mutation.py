@@ -61,7 +61,11 @@ MODULES = {
         "tests/eval/test_eval_knn_published.py",
         "tests/eval/test_eval_controls.py",
     ],
-    "eval/map.py": ["tests/eval/test_eval_map.py", "tests/eval/test_map_copairs.py"],
+    "eval/map.py": [
+        "tests/eval/test_eval_map.py",
+        "tests/eval/test_map_copairs.py",
+        "tests/eval/test_map_contract.py",
+    ],
     "data/store.py": ["tests/data/test_data_store.py", "tests/data/test_store_skip.py"],
     "patches/fsdp.py": ["tests/patches/test_patches.py"],
     "train/health.py": ["tests/train/test_health.py", "tests/train/test_health_targets.py"],
