@@ -183,31 +183,30 @@ def test_import_stays_light_and_load_is_lazy():
     assert "has no attribute 'no_such_name'" in out.stdout
 
 
-def test_docs_snippet_runs_as_written(world, tmp_path, monkeypatch):
-    text = open(os.path.join(REPO, "docs", "api.md")).read()
-    snippet = re.search(r"```python\n(.*?)```", text, flags=re.S).group(1)
+def _first_site_files(world):
+    """The fluorescent TIFFs of the first site of the synthetic plates, in channel order."""
+    row = pd.read_csv(next(world["data"].rglob("load_data.csv"))).iloc[0]
+    return [str(world["data"] / row[f"PathName_Orig{c}"] / row[f"FileName_Orig{c}"]) for c in FLUO]
+
+
+def _run_snippet(doc, heading, run_link, scope, world, tmp_path, monkeypatch):
+    """Runs the first python block after `heading` in `doc` with the tiny run linked at `run_link`."""
+    text = open(os.path.join(REPO, doc)).read()
+    snippet = re.search(heading + r".*?```python\n(.*?)```", text, flags=re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    os.makedirs("runs")
-    os.symlink(world["runs"]["pct"], "runs/fluo")
-    csv = next(world["data"].rglob("load_data.csv"))
-    row = pd.read_csv(csv).iloc[0]
-    files = [str(world["data"] / row[f"PathName_Orig{c}"] / row[f"FileName_Orig{c}"]) for c in FLUO]
-    scope = {"files": files}
-    exec(compile(snippet, "docs/api.md", "exec"), scope)
+    os.makedirs(os.path.dirname(run_link))
+    os.symlink(world["runs"]["pct"], run_link)
+    exec(compile(snippet, doc, "exec"), scope)
+    return scope
+
+
+def test_docs_snippet_runs_as_written(world, tmp_path, monkeypatch):
+    scope = {"files": _first_site_files(world)}
+    _run_snippet("docs/api.md", "", "runs/fluo", scope, world, tmp_path, monkeypatch)
     assert scope["features"].shape == (1, 192) and scope["model"].channels == FLUO
 
 
 def test_readme_snippet_runs_as_written(world, tmp_path, monkeypatch):
-    text = open(os.path.join(REPO, "README.md")).read()
-    snippet = re.search(r"## Python API.*?```python\n(.*?)```", text, flags=re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    os.makedirs("runs/paper")
-    os.symlink(world["runs"]["pct"], "runs/paper/fluo")
-    csv = next(world["data"].rglob("load_data.csv"))
-    row = pd.read_csv(csv).iloc[0]
-    site = np.stack(
-        [tifffile.imread(world["data"] / row[f"PathName_Orig{c}"] / row[f"FileName_Orig{c}"]) for c in FLUO]
-    )
-    scope = {"site": site}
-    exec(compile(snippet, "README.md", "exec"), scope)
+    scope = {"site": np.stack([tifffile.imread(f) for f in _first_site_files(world)])}
+    _run_snippet("README.md", "## Python API", "runs/paper/fluo", scope, world, tmp_path, monkeypatch)
     assert scope["features"].shape == (1, 192) and scope["model"].channels == FLUO
