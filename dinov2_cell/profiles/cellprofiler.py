@@ -30,7 +30,7 @@ Bad sites are skipped and counted per reason in the plate's ``stats.json`` (an e
 channel; a blank channel; an unreadable file, whose error names the site); a well whose sites are all skipped is
 left out and counted. ``--on-error raise`` stops at the first one instead, naming the site.
 
-``--sites-per-well N`` measures only the first N sites of each well (in site-number order, among the sites present)
+``--max-sites-per-well N`` measures only the first N sites of each well (in site-number order, among the sites present)
 when the full plate would cost too much (the demo); the limit is part of the run's recorded settings.
 
 Code: :mod:`~dinov2_cell.profiles.cellprofiler_measure` (cp_measure calls, names, :class:`MeasureSettings`),
