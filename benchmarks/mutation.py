@@ -68,7 +68,11 @@ MODULES = {
     ],
     "data/store.py": ["tests/data/test_data_store.py", "tests/data/test_store_skip.py"],
     "patches/fsdp.py": ["tests/patches/test_patches.py"],
-    "train/health.py": ["tests/train/test_health.py", "tests/train/test_health_targets.py"],
+    "train/health.py": [
+        "tests/train/test_health.py",
+        "tests/train/test_health_targets.py",
+        "tests/train/test_health_contract.py",
+    ],
 }
 # not copied into the work folders
 IGNORE = shutil.ignore_patterns(
