@@ -67,10 +67,9 @@ def feature_columns(df: pd.DataFrame) -> list[str]:
         The feature column names.
     """
     out = []
-    for c in df.columns:
+    for c, dtype in zip(df.columns, df.dtypes):  # not df[c]: a column lookup each costs ~0.1 ms on wide tables
         if str(c).startswith(META_PREFIX):
             continue
-        dtype = df[c].dtype
         if pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
             out.append(c)
     return out

@@ -134,6 +134,43 @@ def normalize_per_plate(
     return result[list(df.columns)]
 
 
+def correlation_excluded(df: pd.DataFrame, features: list[str], threshold: float) -> list[str]:
+    """The features ``pycytominer``'s ``correlation_threshold`` (Pearson) excludes, without its long-format table.
+
+    pycytominer stacks the lower triangle of the correlation matrix into a table of every feature pair and applies a
+    Python function to each pair above the threshold, which takes seconds for a few thousand ViT features; the rule is
+    the same here, on arrays: for each pair whose correlation exceeds ``threshold`` (signed, strictly), the feature
+    later in the order of summed absolute correlation (pycytominer's own ordering call) is excluded.
+
+    Args:
+        df: table holding the feature columns.
+        features: the columns to filter.
+        threshold: correlation cut-off in [0, 1].
+
+    Returns:
+        Excluded feature names, in the order of ``features``.
+    """
+    if not 0 <= threshold <= 1:
+        raise ValueError("threshold variable must be between (0 and 1)")
+    if len(features) < 2:  # no pair
+        return []
+    values = df[features].to_numpy()
+    if not np.isfinite(values).all():  # pycytominer's pandas path (pairwise complete observations)
+        from pycytominer.operations import correlation_threshold
+
+        chosen = set(correlation_threshold(df, features=list(features), threshold=threshold))
+        return [f for f in features if f in chosen]
+    corr = pd.DataFrame(np.corrcoef(df[features].transpose()), index=features, columns=features)
+    order = corr.abs().sum().sort_values().index
+    rank = order.get_indexer_for(pd.Index(features))  # each feature's place in that order
+    above = np.tril(corr.to_numpy() > threshold, k=-1)
+    a, b = np.nonzero(above)  # a > b: pycytominer's pair_a (row) and pair_b (column)
+    drop = np.where(rank[a] > rank[b], a, b)
+    chosen = np.zeros(len(features), dtype=bool)
+    chosen[drop] = True
+    return [f for f, c in zip(features, chosen) if c]
+
+
 def select_features(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings()) -> tuple[pd.DataFrame, dict]:
     """``pycytominer.feature_select`` (infinite values counted as missing) then removal of columns still holding NaN.
 
@@ -155,21 +192,38 @@ def select_features(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings(
         logger.warning("%d infinite feature value(s) treated as missing before feature selection", n_inf)
         df = df.copy()
         df[feats] = np.where(np.isinf(values), np.nan, values)
-    selected = feature_select(
-        profiles=df,
-        features=feats,
-        operation=list(settings.operations),
-        na_cutoff=settings.na_cutoff,
-        corr_threshold=settings.corr_threshold,
-        output_file=None,
-    )
-    kept = [c for c in feature_columns(selected) if c in set(feats)]
+    # pycytominer applies the operations in order, each to the features the earlier ones kept; the correlation
+    # filter is ours (same result, see correlation_excluded), the others are pycytominer's, run in the same order.
+    excluded: set[str] = set()
+    current = feats
+    ops = list(settings.operations)
+    while ops:
+        run = ops[: ops.index("correlation_threshold")] if "correlation_threshold" in ops else ops
+        if run:
+            step = feature_select(
+                profiles=df,
+                features=current,
+                operation=run,
+                na_cutoff=settings.na_cutoff,
+                corr_threshold=settings.corr_threshold,
+                output_file=None,
+            )
+            excluded |= set(df.columns) - set(step.columns)
+        else:
+            excluded |= set(correlation_excluded(df, current, settings.corr_threshold))
+            run = ["correlation_threshold"]
+        ops = ops[len(run) :]
+        current = [c for c in current if c not in excluded]
+    selected = df.drop(columns=[c for c in df.columns if c in excluded])
+    in_feats = set(feats)
+    kept = [c for c in feature_columns(selected) if c in in_feats]
     values = selected[kept].to_numpy(dtype=np.float64)
     bad = [c for c, ok in zip(kept, np.isfinite(values).all(axis=0)) if not ok]
     if bad:
         logger.warning("%d feature(s) still held NaN/inf after feature selection; dropped (e.g. %s)", len(bad), bad[0])
         selected = selected.drop(columns=bad)
-    out = selected[metadata_columns(selected) + [c for c in kept if c not in set(bad)]]
+    dropped = set(bad)
+    out = selected[metadata_columns(selected) + [c for c in kept if c not in dropped]]
     stats = {"features_in": len(feats), "features_out": len(kept) - len(bad), "dropped_non_finite": len(bad)}
     return out, stats
 
