@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -148,7 +150,51 @@ def score(statuses: dict[str, str]) -> dict:
     return {**counts, "total": len(statuses), "score": caught / considered if considered else None}
 
 
-def run_module(module: str, tests: list[str], root: Path, max_children: int, python: str) -> dict:
+def sample_names(names: list[str], n: int | None, seed: int) -> list[str]:
+    """A seeded uniform sample of ``n`` mutant names (all of them, sorted, when ``n`` is None or not smaller).
+
+    Args:
+        names: every mutant of the module.
+        n: sample size.
+        seed: random seed (fixed before the run, so the sample does not depend on results).
+
+    Returns:
+        The chosen names, sorted.
+    """
+    names = sorted(names)
+    if n is None or n >= len(names):
+        return names
+    return sorted(random.Random(seed).sample(names, n))
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion ``k / n`` (the score estimated from a sample of mutants).
+
+    Args:
+        k: mutants killed.
+        n: mutants considered.
+        z: normal quantile (1.96: 95 %).
+
+    Returns:
+        (low, high); (0, 1) when ``n`` is 0.
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_module(
+    module: str,
+    tests: list[str],
+    root: Path,
+    max_children: int,
+    python: str,
+    sample: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Run mutmut on one module in its own copy of the repository.
 
     Args:
@@ -157,9 +203,12 @@ def run_module(module: str, tests: list[str], root: Path, max_children: int, pyt
         root: parent folder of the work copies.
         max_children: mutmut's parallel workers.
         python: the interpreter with mutmut and the project installed.
+        sample: run only this many mutants, drawn with ``seed`` (the score is then an estimate, with its interval).
+        seed: the sample's seed.
 
     Returns:
-        The :func:`score` dict plus ``module``, ``seconds``, ``work`` and ``survivors`` (names).
+        The :func:`score` dict plus ``module``, ``seconds``, ``work``, ``survivors`` (names) and, for a sample,
+        ``sampled_from`` (all mutants) and ``interval`` (95 % Wilson interval of the score).
     """
     work = root / module.strip("/").replace("/", "__")
     if work.exists():
@@ -168,19 +217,40 @@ def run_module(module: str, tests: list[str], root: Path, max_children: int, pyt
     write_config(work, module, tests)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     t0 = time.perf_counter()
+
+    def results() -> dict[str, str]:
+        res = subprocess.run(
+            [python, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True
+        )
+        return parse_results(res.stdout)
+
+    chosen: list[str] = []
     with open(work / "mutmut_run.log", "w") as log:  # mutmut's progress, readable while it runs
+        if sample is not None:
+            # mutmut lists its mutants once it has generated them (and mapped tests to functions, which it caches):
+            # a run for a name that matches nothing does both and then stops
+            subprocess.run(
+                [python, "-m", "mutmut", "run", "--max-children", str(max_children), "__list_only__"],
+                cwd=work,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            everything = results()
+            chosen = sample_names(list(everything), sample, seed)
         run = subprocess.run(
-            [python, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            [python, "-m", "mutmut", "run", "--max-children", str(max_children), *chosen],
             cwd=work,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     seconds = time.perf_counter() - t0
-    res = subprocess.run(
-        [python, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True
-    )
-    statuses = parse_results(res.stdout)
+    statuses = results()
+    extra = {}
+    if sample is not None:
+        extra["sampled_from"] = len(statuses)
+        statuses = {k: v for k, v in statuses.items() if k in set(chosen)}
     if run.returncode != 0 and not statuses:
         raise RuntimeError(f"mutmut failed on {module} (exit {run.returncode}); see {work / 'mutmut_run.log'}")
     survivors = sorted(k for k, v in statuses.items() if v not in ("killed", "timeout", "skipped"))
@@ -190,21 +260,23 @@ def run_module(module: str, tests: list[str], root: Path, max_children: int, pyt
                 [python, "-m", "mutmut", "show", name], cwd=work, env=env, capture_output=True, text=True
             )
             f.write(show.stdout + "\n")
-    return {
-        "module": module,
-        **score(statuses),
-        "seconds": round(seconds, 1),
-        "work": str(work),
-        "survivors": survivors,
-    }
+    row = {"module": module, **score(statuses), "seconds": round(seconds, 1), "work": str(work), "survivors": survivors}
+    if extra:
+        considered = row["total"] - row["skipped"]
+        row.update(extra, interval=wilson_interval(row["killed"] + row["timeout"], considered))
+    return row
 
 
 def format_row(r: dict) -> str:
     pct = "-" if r["score"] is None else f"{100 * r['score']:.1f} %"
-    return (
+    line = (
         f"{r['module']:<28}{r['killed']:>7}{r['survived']:>9}{r['no tests']:>9}{r['timeout']:>8}{r['suspicious']:>11}"
         f"{r['total']:>7}{pct:>9}{r['seconds']:>9.0f}"
     )
+    if "sampled_from" in r:
+        low, high = r["interval"]
+        line += f"   sample of {r['total']} of {r['sampled_from']} mutants, 95 % {100 * low:.0f}-{100 * high:.0f} %"
+    return line
 
 
 HEADER = f"{'module':<28}{'killed':>7}{'survived':>9}{'no tests':>9}{'timeout':>8}{'suspicious':>11}{'total':>7}"
@@ -232,10 +304,21 @@ def main(argv=None) -> int:
     p.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2) // 2), help="mutmut workers")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--fail-under", type=float, default=None, help="exit 1 if a module scores below this (0-1)")
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N mutants per module drawn at random with --seed (default: all); the score is then an estimate, "
+        "printed with its 95%% interval",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (choose it before the run)")
     args = p.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         raise UsageError(f"unknown module(s) {unknown}; choose among {', '.join(MODULES)}")
+    if args.sample is not None and args.sample < 1:
+        raise UsageError(f"--sample must be >= 1, got {args.sample}")
     if args.max_children < 1:
         raise UsageError(f"--max-children must be >= 1, got {args.max_children}")
     root = Path(args.work or tempfile.mkdtemp(prefix="dinov2_cell_mutation_")).resolve()
@@ -246,7 +329,7 @@ def main(argv=None) -> int:
     print(HEADER, flush=True)
     rows = []
     for module in args.modules or list(MODULES):
-        row = run_module(module, MODULES[module], root, args.max_children, sys.executable)
+        row = run_module(module, MODULES[module], root, args.max_children, sys.executable, args.sample, args.seed)
         rows.append(row)
         print(format_row(row), flush=True)
     if args.json:

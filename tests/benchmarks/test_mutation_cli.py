@@ -92,3 +92,23 @@ def test_cli_help_and_bad_input(tmp_path):
         assert bad.returncode == 2 and len(lines) == 1, bad.stderr
         assert lines[0].startswith("python benchmarks/mutation.py: error:") and what in lines[0]
     assert not os.path.exists(os.path.join(REPO, "mut")) and not os.listdir(tmp_path)
+
+
+def test_sample_is_seeded_uniform_and_the_interval_is_wilsons(mutation):
+    names = [f"m.x_f__mutmut_{i}" for i in range(200)]
+    a = mutation.sample_names(names, 30, seed=3)
+    assert a == mutation.sample_names(list(reversed(names)), 30, seed=3)  # the order given does not matter
+    assert len(a) == len(set(a)) == 30 and a == sorted(a) and set(a) <= set(names)
+    assert a != mutation.sample_names(names, 30, seed=4)
+    assert mutation.sample_names(names, None, 0) == sorted(names) == mutation.sample_names(names, 500, 0)
+    # Wilson interval by hand for 45 of 50: p = 0.9, z = 1.96
+    z, n, p = 1.96, 50, 0.9
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * (p * (1 - p) / n + z**2 / (4 * n**2)) ** 0.5
+    low, high = mutation.wilson_interval(45, 50)
+    assert low == pytest.approx(centre - half) and high == pytest.approx(centre + half)
+    assert low == pytest.approx(0.7864, abs=1e-4) and high == pytest.approx(0.9565, abs=1e-4)  # worked out by hand
+    assert mutation.wilson_interval(0, 0) == (0.0, 1.0) and mutation.wilson_interval(10, 10)[1] == 1.0
+    row = {"module": "eval/knn_wells.py", "killed": 40, "survived": 5, "no tests": 0, "timeout": 5, "suspicious": 0}
+    row.update(total=50, score=0.9, seconds=12.0, sampled_from=970, interval=(0.7864, 0.9565))
+    assert "sample of 50 of 970 mutants, 95 % 79-96 %" in mutation.format_row(row)
