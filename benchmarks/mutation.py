@@ -62,6 +62,7 @@ MODULES = {
         "tests/eval/test_knn_fields.py",
         "tests/eval/test_eval_knn_published.py",
         "tests/eval/test_eval_controls.py",
+        "tests/eval/test_knn_contract.py",
     ],
     "eval/map.py": [
         "tests/eval/test_eval_map.py",
