@@ -227,9 +227,11 @@ def test_minimal_columns_numeric_barcodes_and_labels_read_as_text():
 def test_numeric_annotations_become_text():
     df = _angles(TWO)
     df[TARGET] = [1, 2, 3, 4, 1, 2, 3]
+    df[WELL] = [11, 12, 13, 14, 21, 22, 23]
     df[PERT] = [0.5, 1.5, 2.5, 3.5, 0.5, 1.5, 2.5]
     pred = knn_wells.evaluate(df, combinations=[("U2OS", "U2OS")])["predictions"]
     assert pred[TARGET].tolist() == ["1", "2", "3", "4", "1", "2", "3"]
+    assert pred[WELL].tolist() == ["11", "12", "13", "14", "21", "22", "23"]
     assert pred[PERT].tolist() == ["0.5", "1.5", "2.5", "3.5", "0.5", "1.5", "2.5"]
 
 
@@ -350,6 +352,7 @@ def test_make_folds_edges_and_seeded_dealing():
     assert knn_wells.make_folds([3, 1, 2, 1]) == [["1"], ["2"], ["3"]]  # text, deduplicated, sorted
     plates = [f"B{i:02d}" for i in range(7)]
     assert knn_wells.make_folds(plates, 3) == [["B00", "B03", "B06"], ["B01", "B04"], ["B02", "B05"]]
+    assert knn_wells.make_folds(plates) == [["B00", "B05"], ["B01", "B06"], ["B02"], ["B03"], ["B04"]]  # 5 folds
     order = np.random.default_rng(5).permutation(7)
     assert knn_wells.make_folds(plates, 3, seed=5) == [sorted(plates[j] for j in order[i::3]) for i in range(3)]
     assert knn_wells.make_folds(plates[:2], 3, seed=5) == [["B00"], ["B01"]]
@@ -611,6 +614,7 @@ def test_cli_every_protocol_flag_reaches_evaluate_and_map(tmp_path, make_planted
         "cross_line_train": "all",
         "feature_select": True,
     }
+    assert os.listdir(tmp_path / "cache")  # copairs' null cache went where asked (before the reference fills it)
     ref = knn_wells.evaluate(df, source=str(path), **options)
     assert result["folds"] == ref["folds"] and result["combinations"] == ref["combinations"]
     cfg = result["config"]
@@ -639,7 +643,6 @@ def test_cli_every_protocol_flag_reaches_evaluate_and_map(tmp_path, make_planted
     assert map_result["config"] == ref_map["config"] and map_result["config"]["null_size"] == 30
     pd.testing.assert_frame_equal(map_result["activity"]["table"], ref_map["activity"]["table"])
     assert set(map_result["activity"]["table"]["Metadata_line"]) == {"U2OS", "A549"}
-    assert os.listdir(tmp_path / "cache")  # copairs' null cache went where asked
     # printed table, written files and their log lines
     assert capsys.readouterr().out == format_table(result, map_result) + "\n"
     written = sorted(os.listdir(tmp_path / "out"))
