@@ -69,7 +69,11 @@ MODULES = {
         "tests/eval/test_map_copairs.py",
         "tests/eval/test_map_contract.py",
     ],
-    "data/store.py": ["tests/data/test_data_store.py", "tests/data/test_store_skip.py"],
+    "data/store.py": [
+        "tests/data/test_data_store.py",
+        "tests/data/test_store_skip.py",
+        "tests/data/test_store_contract.py",
+    ],
     "patches/fsdp.py": ["tests/patches/test_patches.py"],
     "train/health.py": [
         "tests/train/test_health.py",
