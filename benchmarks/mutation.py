@@ -50,6 +50,7 @@ MODULES = {
         "tests/augment/test_augment_params.py",
         "tests/augment/test_augment_device.py",
         "tests/augment/test_augment_elastic_frame.py",
+        "tests/augment/test_augment_contract.py",
     ],
     "profiles/merge.py": ["tests/profiles/test_profiles_merge.py", "tests/profiles/test_merge_contract.py"],
     "profiles/submission.py": [
