@@ -3,15 +3,19 @@ Poisson sampler against scipy, the max-rate switch of the noise, in-place noise,
 elastic branch and its checkpoint resume."""
 
 import math
+import os
 
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 from dinov2_cell.augment.checks import check_image
 from dinov2_cell.augment.device import DeviceCellAugmentation, mix_seed
-from dinov2_cell.augment.geometry import ElasticDeform, RandomFlip
+from dinov2_cell.augment.geometry import ElasticDeform, RandomFlip, RandomRotate
+from dinov2_cell.augment.params import AugmentationParams
+from dinov2_cell.augment.transforms import ChannelJitter
 from dinov2_cell.augment.noise import MicroscopeNoise, _poisson_table, _PoissonTable, microscope_noise, poisson
 
 
@@ -26,6 +30,35 @@ def test_documented_defaults():
     assert (flip.hflip_p, flip.vflip_p) == (0.5, 0.5)
 
 
+def test_class_defaults_match_the_config_file():
+    # The shipped config is the reference: the classes built without arguments must apply the same laws.
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "cell_default_config.yaml")
+    with open(path) as f:
+        cfg = yaml.safe_load(f)["augmentations"]
+    params = AugmentationParams()
+    for key, value in cfg.items():
+        assert getattr(params, key) == value, key
+    jitter, noise, elastic = ChannelJitter(), MicroscopeNoise(), ElasticDeform()
+    flip, rotate = RandomFlip(), RandomRotate()
+    got = {
+        "brightness": jitter.brightness,
+        "contrast": jitter.contrast,
+        "jitter_p": jitter.p,
+        "noise_p": noise.p,
+        "noise_shot": noise.shot,
+        "noise_dark": noise.dark,
+        "noise_read": noise.read,
+        "elastic_p": elastic.p,
+        "elastic_alpha": elastic.alpha,
+        "elastic_sigma": elastic.sigma,
+        "elastic_frame": elastic.frame,
+        "rotation": rotate.mode,
+        "hflip_p": flip.hflip_p,
+        "vflip_p": flip.vflip_p,
+    }
+    assert got == {k: v for k, v in cfg.items() if k != "device"}
+
+
 @pytest.mark.parametrize(
     "build, key",
     [
@@ -38,6 +71,9 @@ def test_documented_defaults():
         (lambda: MicroscopeNoise(shot=-0.1), "augmentations.noise_shot"),
         (lambda: MicroscopeNoise(dark=-0.1), "augmentations.noise_dark"),
         (lambda: MicroscopeNoise(read=math.nan), "augmentations.noise_read"),
+        (lambda: ChannelJitter(brightness=-0.5), "augmentations.brightness"),
+        (lambda: ChannelJitter(contrast=math.inf), "augmentations.contrast"),
+        (lambda: ChannelJitter(p=-1.0), "augmentations.jitter_p"),
     ],
 )
 def test_bad_values_name_their_key(build, key):
