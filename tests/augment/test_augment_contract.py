@@ -12,7 +12,7 @@ from scipy import stats
 
 from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 from dinov2_cell.augment.checks import check_image
-from dinov2_cell.augment.device import DeviceCellAugmentation, mix_seed
+from dinov2_cell.augment.device import DeviceCellAugmentation, microscope_noise_batch, mix_seed
 from dinov2_cell.augment.geometry import ElasticDeform, RandomFlip, RandomRotate
 from dinov2_cell.augment.params import AugmentationParams
 from dinov2_cell.augment.transforms import ChannelJitter
@@ -202,3 +202,39 @@ def test_device_resume_rejects_other_seed_or_rank(seed, rank):
     state = DeviceCellAugmentation(seed=seed, rank=rank).state_dict()
     with pytest.raises(ValueError, match=f"seed {seed}, rank {rank} cannot continue the stream of seed 7, rank 1"):
         DeviceCellAugmentation(seed=7, rank=1).load_state_dict(state)
+
+
+def test_check_image_range_tolerance_and_messages():
+    img = torch.full((3, 2, 2), 0.5)
+    assert check_image(img) is img  # float32 and in range: no copy
+    for v, clamped in ((1.0009, 1.0), (-0.0009, 0.0)):
+        bad = img.clone()
+        bad[1, 0, 0] = v
+        out = check_image(bad)
+        assert float(out[1, 0, 0]) == clamped and torch.equal(out[[0, 2]], img[[0, 2]])
+        assert float(check_image(bad, values=False)[1, 0, 0]) == pytest.approx(v)  # values not read
+    worst = img.clone()
+    worst[0, 0, 0], worst[2, 1, 1] = 1.002, -0.25  # channel 2 is further outside
+    with pytest.raises(ValueError, match=r"^ex: intensities must lie in \[0, 1\]; channel 2 spans \[-0.25, 0.5\]$"):
+        check_image(worst, "ex")
+    for v in (1.0011, -0.0011):
+        bad = img.clone()
+        bad[1, 1, 0] = v
+        with pytest.raises(ValueError, match="channel 1 spans"):
+            check_image(bad)
+    bad = img.clone()
+    bad[0, 0, 1], bad[2, 0, 0] = math.inf, math.nan
+    with pytest.raises(ValueError, match=r"^site: channel\(s\) \[0, 2\] contain NaN or inf values$"):
+        check_image(bad, "site")
+
+
+def test_microscope_noise_batch_matches_its_formula_with_the_generator():
+    x = torch.rand(3, 2, 5, 5, generator=torch.Generator().manual_seed(2)) * 1.2 - 0.1  # outside [0, 1]: clamped
+    got = microscope_noise_batch(x, 0.1, 0.05, 0.01, generator=torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)
+    counts = torch.poisson(x.clamp(0, 1) * 10, generator=g)
+    ref = (counts * 0.1 + 0.05 + 0.01 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    # read = 0 draws no Gaussian noise: the result is the counts, shifted.
+    got = microscope_noise_batch(x, 0.1, 0.05, 0.0, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(got, (counts * 0.1 + 0.05).clamp(0, 1), atol=1e-6, rtol=0)
