@@ -235,6 +235,18 @@ def test_numeric_annotations_become_text():
     assert pred[PERT].tolist() == ["0.5", "1.5", "2.5", "3.5", "0.5", "1.5", "2.5"]
 
 
+def test_float32_features_are_compared_in_float64():
+    """Near neighbours that float32 cosine distances cannot tell apart (both round to 0) are told apart."""
+    df = _angles({"P1": [("A", 0.0)], "P2": [("B", -0.012), ("A", 0.006)]})
+    df[["f0", "f1"]] = df[["f0", "f1"]].astype(np.float32)
+    x = df[["f0", "f1"]].to_numpy()
+    clf = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
+    assert clf.fit(x[1:], ["B", "A"]).predict(x[:1]).tolist() == ["B"]  # float32: a tie, the first well wins
+    assert clf.fit(x[1:].astype(np.float64), ["B", "A"]).predict(x[:1].astype(np.float64)).tolist() == ["A"]
+    pred = knn_wells.evaluate(df, combinations=[("U2OS", "U2OS")])["predictions"]
+    assert pred.loc[pred["fold"] == 0, "predicted"].tolist() == ["BRD-A"]
+
+
 def test_options_feature_subset_custom_columns_folds_and_seed(make_planted):
     make, _ = make_planted
     df = make(plates=(("U2OS", 4), ("A549", 3)), n_compounds=6, n_dmso=2, dim=6, noise=1.5, seed=2)
