@@ -252,23 +252,30 @@ def test_options_feature_subset_custom_columns_folds_and_seed(make_planted):
     df = make(plates=(("U2OS", 4), ("A549", 3)), n_compounds=6, n_dmso=2, dim=6, noise=1.5, seed=2)
     df = df.rename(columns={LINE: "line", BROAD: "cpd_id"})
     subset = ["f00", "f02", "f04"]
-    result = knn_wells.evaluate(
-        df, n_folds=3, seed=11, feature_cols=subset, label_col="cpd_id", cell_line_col="line", k=2, metric="euclidean"
-    )
+    options = {"feature_cols": subset, "label_col": "cpd_id", "cell_line_col": "line", "metric": "euclidean"}
+    result = knn_wells.evaluate(df, n_folds=3, seed=11, k=2, weights="distance", **options)
     plates = {"U2OS": ["PL000", "PL001", "PL002", "PL003"], "A549": ["PL004", "PL005", "PL006"]}
     perm = {line: [p[i] for i in np.random.default_rng(11).permutation(len(p))] for line, p in plates.items()}
     expected_folds = {line: [sorted(p[i::3]) for i in range(3)] for line, p in perm.items()}
     cfg = result["config"]
     assert cfg["folds"] == expected_folds and cfg["plates"] == plates
-    assert (cfg["n_folds"], cfg["seed"], cfg["n_features"], cfg["k"], cfg["metric"]) == (3, 11, 3, 2, "euclidean")
+    assert (cfg["n_folds"], cfg["seed"], cfg["n_features"]) == (3, 11, 3)
+    assert (cfg["k"], cfg["metric"], cfg["weights"]) == (2, "euclidean", "distance")
     assert (cfg["label_col"], cfg["cell_line_col"], cfg["n_wells"]) == ("cpd_id", "line", 7 * 6)
-    # the scores are those of the table without the other features, through sklearn directly
+    # the scores are those of the table without the other features, through sklearn directly (2 distance-weighted
+    # neighbours; uniform votes of 2 break ties by label order and score differently here)
     compounds = df[df[PERT] != "DMSO"].reset_index(drop=True)
+    uniform_differs = False
     for r in result["folds"]:
         tr = compounds[compounds[PLATE].isin(r["train_plates"])]
         te = compounds[compounds[PLATE].isin(r["test_plates"])]
-        clf = KNeighborsClassifier(n_neighbors=2, metric="euclidean", algorithm="brute").fit(tr[subset], tr["cpd_id"])
-        assert r["accuracy"] == pytest.approx(np.mean(clf.predict(te[subset]) == te["cpd_id"].to_numpy()), abs=1e-12)
+        acc = {}
+        for w in ("distance", "uniform"):
+            clf = KNeighborsClassifier(n_neighbors=2, metric="euclidean", weights=w, algorithm="brute")
+            acc[w] = np.mean(clf.fit(tr[subset], tr["cpd_id"]).predict(te[subset]) == te["cpd_id"].to_numpy())
+        assert r["accuracy"] == pytest.approx(acc["distance"], abs=1e-12)
+        uniform_differs |= acc["uniform"] != acc["distance"]
+    assert uniform_differs
     assert [r["combination"] for r in result["folds"]] == (
         ["U2OS->U2OS"] * 3 + ["U2OS->A549"] * 3 + ["A549->U2OS"] * 3 + ["A549->A549"] * 3
     )
@@ -416,7 +423,7 @@ def test_knn_predict_silences_only_the_many_classes_warning():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         assert knn_wells.knn_predict(x, y, x).tolist() == y.tolist()
-        warnings.warn("another warning", UserWarning)  # other warnings still pass
+        warnings.warn("another warning", UserWarning)  # the filter does not outlive the call
     assert [str(w.message) for w in seen] == ["another warning"]
 
 
