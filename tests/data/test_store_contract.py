@@ -221,9 +221,9 @@ def test_write_plate_errors(tmp_path):
     assert not list((out / "plates").iterdir())  # nothing half-written left
     shutil.copy(table.loc[2, "path_Mito"], later)
 
-    # a site of another shape than the plate's first
+    # a site of another shape than the plate's first: the message says which images it was compared with
     tifffile.imwrite(later, np.zeros((H, W + 1), np.uint16))
-    with pytest.raises(DataReadError, match=r"differs from \(6, 8\)") as err:
+    with pytest.raises(DataReadError, match=r"differs from \(6, 8\) \(other images of this plate\)") as err:
         write_plate(out, GOOD, table, CHANNELS, progress=False)
     assert err.value.path == later
 
