@@ -75,7 +75,7 @@ MODULES = {
         "tests/data/test_store_skip.py",
         "tests/data/test_store_contract.py",
     ],
-    "patches/fsdp.py": ["tests/patches/test_patches.py"],
+    "patches/fsdp.py": ["tests/patches/test_patches.py", "tests/patches/test_fsdp_contract.py"],
     "train/health.py": [
         "tests/train/test_health.py",
         "tests/train/test_health_targets.py",
