@@ -12,10 +12,17 @@ from scipy import stats
 
 from dinov2_cell.augment.cell_augmentation import CellDataAugmentation
 from dinov2_cell.augment.checks import check_image
-from dinov2_cell.augment.device import DeviceCellAugmentation, microscope_noise_batch, mix_seed
-from dinov2_cell.augment.geometry import ElasticDeform, RandomFlip, RandomRotate
+from omegaconf import OmegaConf
+
+from dinov2_cell.augment.device import (
+    DeviceCellAugmentation,
+    build_device_augmentation,
+    microscope_noise_batch,
+    mix_seed,
+)
+from dinov2_cell.augment.geometry import ElasticDeform, RandomFlip, RandomRotate, apply_dihedral, dihedral_matrix
 from dinov2_cell.augment.params import AugmentationParams
-from dinov2_cell.augment.transforms import ChannelJitter
+from dinov2_cell.augment.transforms import ChannelJitter, channel_jitter
 from dinov2_cell.augment.noise import MicroscopeNoise, _poisson_table, _PoissonTable, microscope_noise, poisson
 
 
@@ -89,7 +96,7 @@ def test_check_image_single_pixel_and_empty():
         check_image(torch.zeros(1, 0, 4))
 
 
-@pytest.mark.parametrize("max_rate", [10.0, 2.5])
+@pytest.mark.parametrize("max_rate", [10.0, 2.5, 0.5])
 def test_poisson_table_cdf_matches_scipy(max_rate):
     table = _PoissonTable(max_rate)
     assert table.rows == int(max_rate * 32) + 1
@@ -103,12 +110,12 @@ def test_poisson_table_cdf_matches_scipy(max_rate):
     assert float(table.cdf[-1, -2]) == 1.0
 
 
-@pytest.mark.parametrize("rate", [0.3, 4.0 + 1.0 / 64])
-def test_poisson_frequencies_match_scipy(rate):
+@pytest.mark.parametrize("rate, max_rate", [(0.3, 10.0), (4.0 + 1.0 / 64, 10.0), (0.5, 0.5)])
+def test_poisson_frequencies_match_scipy(rate, max_rate):
     # 512 draws per call: the size whose expected residual-arrival count (512 * (1 - e^-1/32) ~ 15.7) sits where a
     # too-small candidate buffer would be empty.
     torch.manual_seed(5)
-    draws = torch.cat([poisson(torch.full((2, 16, 16), rate), 10.0).flatten() for _ in range(120)])
+    draws = torch.cat([poisson(torch.full((2, 16, 16), rate), max_rate).flatten() for _ in range(120)])
     n = draws.numel()
     assert bool((draws == draws.round()).all()) and float(draws.min()) >= 0
     for k in range(0, 9):
@@ -148,9 +155,7 @@ def test_noise_apply_inplace_overwrites_input():
 
 
 def _still_crops(n=8, seed=11):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 2, 24, 24, generator=g)
-    return x
+    return torch.rand(n, 2, 24, 24, generator=torch.Generator().manual_seed(seed))
 
 
 def test_device_crop_frame_elastic_warps_only_drawn_crops():
@@ -238,3 +243,60 @@ def test_microscope_noise_batch_matches_its_formula_with_the_generator():
     # read = 0 draws no Gaussian noise: the result is the counts, shifted.
     got = microscope_noise_batch(x, 0.1, 0.05, 0.0, generator=torch.Generator().manual_seed(9))
     torch.testing.assert_close(got, (counts * 0.1 + 0.05).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_device_small_alpha_still_deforms():
+    # alpha = 1 px (std alpha / (2 sigma sqrt(pi)) ~ 0.28 px at sigma 1): every elastic crop moves.
+    aug = DeviceCellAugmentation(
+        elastic_frame="crop",
+        elastic_p=1.0,
+        elastic_alpha=1.0,
+        elastic_sigma=1.0,
+        rotation="none",
+        hflip_p=0.0,
+        vflip_p=0.0,
+        jitter_p=0.0,
+        noise_p=0.0,
+    )
+    x = _still_crops(3)
+    out = aug(x.clone())
+    assert all(float((out[i] - x[i]).abs().max()) > 1e-2 for i in range(3))
+
+
+@pytest.mark.parametrize("hflip, vflip", [(False, False), (True, False), (False, True), (True, True)])
+def test_dihedral_matrix_is_flip_then_rot90_for_any_turn_count(hflip, vflip):
+    img = torch.arange(2 * 5 * 5, dtype=torch.float32).view(2, 5, 5)
+    flipped = torch.flip(img, [d for d, f in ((2, hflip), (1, vflip)) if f]) if (hflip or vflip) else img
+    for turns in range(-2, 10):
+        ref = torch.rot90(flipped, turns, dims=(1, 2))
+        assert torch.equal(apply_dihedral(img, dihedral_matrix(hflip, vflip, turns)), ref), turns
+
+
+def test_rotate_by_full_turns_returns_the_image_uncopied():
+    img = torch.rand(2, 6, 6)
+    rotate = RandomRotate("any")
+    for angle in (0.0, 360.0, -720.0):
+        assert rotate.apply(img, angle) is img
+    assert torch.equal(rotate.apply(img, 90.0), torch.rot90(img, 1, dims=(1, 2)))
+
+
+def test_channel_jitter_keeps_the_image_dtype_with_float64_factors():
+    img = torch.rand(2, 4, 4)
+    beta, gamma = torch.tensor([1.2, 0.7], dtype=torch.float64), torch.tensor([0.9, 1.3], dtype=torch.float64)
+    out = channel_jitter(img, beta, gamma, clip=False)
+    assert out.dtype == torch.float32
+    mean = img.double().mean(dim=(1, 2))
+    ref = (img.double() * beta[:, None, None] - (beta * mean)[:, None, None]) * gamma[:, None, None] + (beta * mean)[
+        :, None, None
+    ]
+    torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
+
+
+def test_build_device_augmentation_uses_the_global_rank(monkeypatch):
+    cfg = OmegaConf.create({"augmentations": {"device": "model"}})
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    torch.manual_seed(21)
+    aug = build_device_augmentation(cfg)
+    assert (aug.seed, aug.rank) == (21, 3)
