@@ -95,10 +95,12 @@ class _ListHandler(logging.Handler):
         self.records.append(record.getMessage())
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
+@pytest.fixture()
+def built(tmp_path):
+    # function-scoped on purpose: mutmut maps tests to the functions they call, fixture setup included, so each test
+    # that checks what write_plate wrote must run write_plate itself (a module-scoped store maps to its first user only)
     records = []
-    b = _build(tmp_path_factory.mktemp("contract"), records)
+    b = _build(tmp_path, records)
     b["records"] = records
     return b
 
