@@ -21,6 +21,7 @@ Only DMSO wells fit the normalisation and no compound label is read, so no label
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import asdict, dataclass
 
@@ -160,7 +161,7 @@ def correlation_excluded(df: pd.DataFrame, features: list[str], threshold: float
 
         chosen = set(correlation_threshold(df, features=list(features), threshold=threshold))
         return [f for f in features if f in chosen]
-    corr = pd.DataFrame(np.corrcoef(df[features].transpose()), index=features, columns=features)
+    corr = pd.DataFrame(np.corrcoef(values.T), index=features, columns=features)
     order = corr.abs().sum().sort_values().index
     rank = order.get_indexer_for(pd.Index(features))  # each feature's place in that order
     above = np.tril(corr.to_numpy() > threshold, k=-1)
@@ -196,23 +197,19 @@ def select_features(df: pd.DataFrame, settings: RecipeSettings = RecipeSettings(
     # filter is ours (same result, see correlation_excluded), the others are pycytominer's, run in the same order.
     excluded: set[str] = set()
     current = feats
-    ops = list(settings.operations)
-    while ops:
-        run = ops[: ops.index("correlation_threshold")] if "correlation_threshold" in ops else ops
-        if run:
+    for is_corr, group in itertools.groupby(settings.operations, key=lambda op: op == "correlation_threshold"):
+        if is_corr:  # repeated, it would find nothing more
+            excluded |= set(correlation_excluded(df, current, settings.corr_threshold))
+        else:
             step = feature_select(
                 profiles=df,
                 features=current,
-                operation=run,
+                operation=list(group),
                 na_cutoff=settings.na_cutoff,
                 corr_threshold=settings.corr_threshold,
                 output_file=None,
             )
             excluded |= set(df.columns) - set(step.columns)
-        else:
-            excluded |= set(correlation_excluded(df, current, settings.corr_threshold))
-            run = ["correlation_threshold"]
-        ops = ops[len(run) :]
         current = [c for c in current if c not in excluded]
     selected = df.drop(columns=[c for c in df.columns if c in excluded])
     in_feats = set(feats)
